@@ -1,0 +1,47 @@
+# Chapper. `make help` lists the targets.
+SHELL := /usr/bin/env bash
+.DEFAULT_GOAL := help
+
+BUF_VERSION             ?= v1.75.0
+PROTOC_GEN_GO_VERSION   ?= v1.36.12
+PROTOC_GEN_GRPC_VERSION ?= v1.6.2
+STATICCHECK_VERSION     ?= v0.8.2
+MODULES                 := proto pipelines services services/devstack
+TOOLS                   := $(CURDIR)/bin/tools
+
+.PHONY: help
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-z-]+:.*?## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## Install the Debian packages tests and dev mode need (no-op when present).
+	@bash scripts/setup.sh
+
+.PHONY: build
+build: ## Build bin/chapper.
+	go build -o bin/chapper ./services/cmd/chapper
+
+.PHONY: run
+run: setup build ## Run the whole system on the embedded stack (chapper dev).
+	./bin/chapper dev
+
+.PHONY: test
+test: setup ## Run every test of every module against real stores.
+	@bash scripts/test.sh
+
+.PHONY: bench
+bench: setup ## Run the benchmarks; each figure is printed next to its raw baseline.
+	@bash scripts/bench.sh
+
+.PHONY: proto
+proto: ## Regenerate the Go code of proto/ (pinned generators).
+	@mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VERSION)
+	cd proto && go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION) generate
+
+.PHONY: lint
+lint: proto ## Regenerate (fail on a diff), then go vet, staticcheck and buf lint.
+	@git diff --exit-code -- proto || { echo "generated code in proto/ is stale: run make proto and commit"; exit 1; }
+	cd proto && go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION) lint
+	@for m in $(MODULES); do echo "== $$m"; (cd $$m && go vet ./... && go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; done

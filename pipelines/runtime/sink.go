@@ -1,0 +1,81 @@
+// Package runtime is the one consumer loop every pipeline shares: fetch a
+// batch from a Kafka consumer group, decode it, hand it to a Sink, dead-letter
+// what can never be written, and commit offsets only after the sink returned.
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Header is one Kafka record header.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Record is one Kafka record as a sink sees it.
+type Record struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Headers   []Header
+	Value     []byte
+	// Time is the broker's timestamp of the record.
+	Time time.Time
+	// Message is the decoded value: *canvassv1.Visit, *canvassv1.Intention
+	// or *canvassv1.FollowupRequest, by topic.
+	Message proto.Message
+}
+
+// Header returns the value of the first header named key, or nil.
+func (r Record) Header(key string) []byte {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return h.Value
+		}
+	}
+	return nil
+}
+
+// A Sink durably writes batches of records into one store.
+type Sink interface {
+	// Name names the sink in metrics, logs and the dead-letter `sink` header.
+	Name() string
+	// Write returns only when the batch is safe; the runtime commits after.
+	// Write must be idempotent: after a crash the runtime re-delivers, so a
+	// record can arrive twice. A *PermanentError says which records can never
+	// be written (they are dead-lettered, the rest counts as written); any
+	// other error is transient and the whole batch is retried.
+	Write(ctx context.Context, batch []Record) error
+}
+
+// Failure is one record that can never be written, and why.
+type Failure struct {
+	Record Record
+	Reason error
+}
+
+// PermanentError lists the records of a batch that can never be written.
+// Every record of the batch not listed was written.
+type PermanentError struct {
+	Failures []Failure
+}
+
+func (e *PermanentError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d record(s) can never be written", len(e.Failures))
+	for i, f := range e.Failures {
+		if i == 3 {
+			b.WriteString("; ...")
+			break
+		}
+		fmt.Fprintf(&b, "; %s/%d@%d: %v", f.Record.Topic, f.Record.Partition, f.Record.Offset, f.Reason)
+	}
+	return b.String()
+}
