@@ -10,3 +10,5 @@ require (
 	github.com/twmb/franz-go v1.22.2 // indirect
 	github.com/twmb/franz-go/pkg/kmsg v1.15.0 // indirect
 )
+
+replace github.com/chapper/chapper/proto => ../../proto
