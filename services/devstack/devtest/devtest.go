@@ -1,0 +1,348 @@
+// Package devtest is the test harness of every module: real stores, started
+// cheaply and cleaned up after each test.
+//
+// Every test package that uses it runs its tests through Main:
+//
+//	func TestMain(m *testing.M) { devtest.Main(m) }
+//
+// Kafka gives each test a private in-memory broker. Redis and Postgres
+// share one server per test binary, started lazily on first use; each test
+// takes its own key prefix (KeyPrefix) or database (Database) and cleans up
+// with t.Cleanup. NewRedis and NewPostgres give a private server to tests
+// that stop and start it. Everything that starts a process is skipped under
+// -short.
+package devtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chapper/chapper/services/devstack"
+)
+
+// Partitions is the partition count of topics auto-created on the brokers
+// Kafka starts.
+const Partitions = 12
+
+// startTimeout bounds starting a server for a test.
+const startTimeout = 2 * time.Minute
+
+// tempPrefix names the temporary directories of the shared servers; the pid
+// lets a later run remove the leftovers of a test binary that crashed.
+const tempPrefix = "chapper-devtest-"
+
+// shared holds the servers shared by all tests of this binary.
+var shared struct {
+	mu       sync.Mutex
+	dir      string
+	redis    *devstack.Redis
+	redisErr error
+	pg       *devstack.Postgres
+	pgErr    error
+}
+
+// seq makes key prefixes and database names unique within this binary.
+var seq atomic.Uint64
+
+// logger is quiet: tests see warnings and errors of the servers only.
+var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+// Main runs the tests, then stops the shared servers started lazily by
+// Redis, KeyPrefix and Postgres (whether the tests passed or not) and exits
+// with the tests' code. Use it as the body of TestMain. A test binary that
+// dies without reaching the end of Main (panic, timeout) still stops its
+// servers: they are started with a parent-death signal.
+func Main(m *testing.M) {
+	code := m.Run()
+	if err := stopShared(); err != nil {
+		fmt.Fprintf(os.Stderr, "devtest: stopping shared servers: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// stopShared closes the shared servers and removes their data.
+func stopShared() error {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	var errs []error
+	if shared.pg != nil {
+		errs = append(errs, shared.pg.Close())
+		shared.pg = nil
+	}
+	if shared.redis != nil {
+		errs = append(errs, shared.redis.Close())
+		shared.redis = nil
+	}
+	if shared.dir != "" {
+		errs = append(errs, os.RemoveAll(shared.dir))
+		shared.dir = ""
+	}
+	return errors.Join(errs...)
+}
+
+// sharedDir returns the temporary directory of the shared servers,
+// creating it (and removing leftovers of crashed test binaries) on first
+// use. shared.mu is held.
+func sharedDir() (string, error) {
+	if shared.dir != "" {
+		return shared.dir, nil
+	}
+	removeLeftovers()
+	dir, err := os.MkdirTemp("", tempPrefix+strconv.Itoa(os.Getpid())+"-")
+	if err != nil {
+		return "", fmt.Errorf("creating a directory for the shared test servers: %w", err)
+	}
+	shared.dir = dir
+	return dir, nil
+}
+
+// removeLeftovers removes the shared-server directories of test binaries
+// that are no longer running.
+func removeLeftovers() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), tempPrefix+"*-*"))
+	for _, d := range dirs {
+		rest := strings.TrimPrefix(filepath.Base(d), tempPrefix)
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err != nil && errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
+
+// fatal ends the test for a server that could not start, pointing at
+// `make setup` when the binaries are missing.
+func fatal(t testing.TB, what string, err error) {
+	t.Helper()
+	if errors.Is(err, devstack.ErrNotInstalled) {
+		t.Fatalf("%s is not installed: run `make setup` (%v)", what, err)
+	}
+	t.Fatalf("starting %s: %v", what, err)
+}
+
+// skipShort skips t under -short: what starts a process.
+func skipShort(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("starts %s; skipped with -short", what)
+	}
+}
+
+// Kafka starts a new private in-memory broker (kfake, 12 partitions per
+// auto-created topic) on a free loopback port and closes it when t ends.
+// It is cheap and runs in-process, so it is not skipped under -short.
+func Kafka(t testing.TB) *devstack.Kafka {
+	t.Helper()
+	k, err := devstack.StartKafka(devstack.KafkaConfig{Addr: "127.0.0.1:0", Partitions: Partitions})
+	if err != nil {
+		t.Fatalf("starting embedded kafka: %v", err)
+	}
+	t.Cleanup(func() { _ = k.Close() })
+	return k
+}
+
+// Redis returns the redis-server shared by the tests of this binary,
+// starting it on first use (temporary directory, free port). Tests must
+// keep to their own KeyPrefix and must not stop it (use NewRedis). It skips
+// the test under -short.
+func Redis(t testing.TB) *devstack.Redis {
+	t.Helper()
+	skipShort(t, "redis-server")
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.redisErr != nil {
+		fatal(t, "redis-server", shared.redisErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if shared.redis != nil {
+		// Start is a no-op on a running server and revives a dead one.
+		if err := shared.redis.Start(ctx); err != nil {
+			fatal(t, "redis-server", err)
+		}
+		return shared.redis
+	}
+	dir, err := sharedDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := devstack.StartRedis(ctx, devstack.RedisConfig{
+		DataDir: filepath.Join(dir, "redis"), Addr: "127.0.0.1:0", Logger: logger, DieWithParent: true,
+	})
+	if err != nil {
+		shared.redisErr = err
+		fatal(t, "redis-server", err)
+	}
+	shared.redis = r
+	return r
+}
+
+// NewRedis starts a private redis-server (temporary directory, free port)
+// for a test that stops and starts it; it is closed when t ends. It skips
+// the test under -short.
+func NewRedis(t testing.TB) *devstack.Redis {
+	t.Helper()
+	skipShort(t, "redis-server")
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	r, err := devstack.StartRedis(ctx, devstack.RedisConfig{
+		DataDir: filepath.Join(t.TempDir(), "redis"), Addr: "127.0.0.1:0", Logger: logger, DieWithParent: true,
+	})
+	if err != nil {
+		fatal(t, "redis-server", err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("closing private redis-server: %v", err)
+		}
+	})
+	return r
+}
+
+// KeyPrefix returns a key prefix unique to t, such as "t1a2b3c4d7:", for
+// keys in the shared Redis (which it starts if needed). Every key starting
+// with it is deleted when t ends. It skips the test under -short.
+func KeyPrefix(t testing.TB) string {
+	t.Helper()
+	r := Redis(t)
+	prefix := "t" + uniqueSuffix(t) + ":"
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := deleteKeys(ctx, r.Addr(), prefix); err != nil {
+			t.Logf("deleting keys %s*: %v", prefix, err)
+		}
+	})
+	return prefix
+}
+
+// deleteKeys unlinks every key starting with prefix.
+func deleteKeys(ctx context.Context, addr, prefix string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	batch := make([]string, 0, 1000)
+	for iter.Next(ctx) {
+		batch = append(batch, iter.Val())
+		if len(batch) == cap(batch) {
+			if err := c.Unlink(ctx, batch...).Err(); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return err
+	}
+	if len(batch) > 0 {
+		return c.Unlink(ctx, batch...).Err()
+	}
+	return nil
+}
+
+// uniqueSuffix returns a hash of t's name and a sequence number: unique in
+// this binary, recognisable across a test's keys or databases.
+func uniqueSuffix(t testing.TB) string {
+	h := fnv.New32a()
+	h.Write([]byte(t.Name()))
+	return fmt.Sprintf("%08x%d", h.Sum32(), seq.Add(1))
+}
+
+// Postgres returns the Postgres cluster shared by the tests of this binary
+// (Fast: fsync off), starting it on first use (temporary directory, free
+// port). Tests must keep to their own Database and must not stop it (use
+// NewPostgres). It skips the test under -short.
+func Postgres(t testing.TB) *devstack.Postgres {
+	t.Helper()
+	skipShort(t, "postgres")
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.pgErr != nil {
+		fatal(t, "postgres", shared.pgErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if shared.pg != nil {
+		if err := shared.pg.Start(ctx); err != nil {
+			fatal(t, "postgres", err)
+		}
+		return shared.pg
+	}
+	dir, err := sharedDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg, err := devstack.StartPostgres(ctx, devstack.PostgresConfig{
+		DataDir: filepath.Join(dir, "pg"), Addr: "127.0.0.1:0", Fast: true, Logger: logger, DieWithParent: true,
+	})
+	if err != nil {
+		shared.pgErr = err
+		fatal(t, "postgres", err)
+	}
+	shared.pg = pg
+	return pg
+}
+
+// NewPostgres starts a private Postgres cluster (Fast, temporary
+// directory, free port) for a test that stops and starts it; it is closed
+// when t ends. It skips the test under -short.
+func NewPostgres(t testing.TB) *devstack.Postgres {
+	t.Helper()
+	skipShort(t, "postgres")
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	pg, err := devstack.StartPostgres(ctx, devstack.PostgresConfig{
+		DataDir: filepath.Join(t.TempDir(), "pg"), Addr: "127.0.0.1:0", Fast: true, Logger: logger, DieWithParent: true,
+	})
+	if err != nil {
+		fatal(t, "postgres", err)
+	}
+	t.Cleanup(func() {
+		if err := pg.Close(); err != nil {
+			t.Errorf("closing private postgres: %v", err)
+		}
+	})
+	return pg
+}
+
+// Database creates a fresh database on pg with a name unique to t, as a
+// copy of template when it is not empty, and returns its name; connect with
+// pg.URL(name). The database is dropped, sessions and all, when t ends.
+func Database(t testing.TB, pg *devstack.Postgres, template string) string {
+	t.Helper()
+	name := "t_" + uniqueSuffix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := pg.CreateDatabase(ctx, name, template); err != nil {
+		t.Fatalf("creating test database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// A test that stopped its private server leaves nothing to drop.
+		if err := pg.DropDatabase(ctx, name); err != nil {
+			t.Logf("dropping test database %s: %v", name, err)
+		}
+	})
+	return name
+}

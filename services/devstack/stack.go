@@ -1,0 +1,157 @@
+package devstack
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Databases of the dev cluster: the PL/Proxy router and two shard
+// databases holding the logical shards (DESIGN.md, storage).
+var stackDatabases = []string{"chapper_router", "chapper_shard_0", "chapper_shard_1"}
+
+// StackConfig configures dev mode's embedded stack.
+type StackConfig struct {
+	// Dir holds every server's data: Dir/kafka, Dir/pg, Dir/redis.
+	Dir string
+	// KafkaAddr is the embedded broker's listen address.
+	KafkaAddr string
+	// PostgresAddr is the Postgres cluster's listen address.
+	PostgresAddr string
+	// RedisAddr is the redis-server's listen address.
+	RedisAddr string
+	// Partitions is the partition count of topics created with the
+	// broker's default.
+	Partitions int
+	// Logger receives the servers' start/stop events; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// RegisterFlags registers the stack's flags under prefix, e.g. dev.dir,
+// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions.
+func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/); kept across runs.")
+	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
+	fs.StringVar(&c.PostgresAddr, prefix+".postgres-addr", "127.0.0.1:15432", "Listen address of the private Postgres cluster.")
+	fs.StringVar(&c.RedisAddr, prefix+".redis-addr", "127.0.0.1:16379", "Listen address of the private redis-server.")
+	fs.IntVar(&c.Partitions, prefix+".partitions", 12, "Partitions of topics created with the broker's default.")
+}
+
+// ErrStackConfig reports an incomplete StackConfig.
+var ErrStackConfig = errors.New("embedded stack configuration incomplete")
+
+// Validate reports a missing directory or address or a non-positive
+// partition count.
+func (c *StackConfig) Validate() error {
+	switch {
+	case c.Dir == "":
+		return fmt.Errorf("%w: no data directory", ErrStackConfig)
+	case c.KafkaAddr == "", c.PostgresAddr == "", c.RedisAddr == "":
+		return fmt.Errorf("%w: kafka, postgres and redis addresses are all required", ErrStackConfig)
+	case c.Partitions <= 0:
+		return fmt.Errorf("%w: partitions must be positive, got %d", ErrStackConfig, c.Partitions)
+	}
+	return nil
+}
+
+// Stack is dev mode's embedded stack, every server's data under one
+// directory.
+type Stack struct {
+	// Kafka is the embedded broker; it fsyncs every produced batch, so an
+	// acknowledged record survives a SIGKILL of chapper.
+	Kafka *Kafka
+	// Postgres is the private cluster with the databases chapper_router,
+	// chapper_shard_0 and chapper_shard_1.
+	Postgres *Postgres
+	// Redis is the private redis-server (append-only file on).
+	Redis *Redis
+
+	// SEARCH SERVER: the embedded search server (package
+	// services/devstack/search, Config{DataDir, Addr}, Run(ctx)) joins the
+	// stack here, with its data in Dir/search and an address field in
+	// StackConfig; StartStack starts it and Close stops it first.
+}
+
+// StartStack starts the embedded stack under cfg.Dir (made absolute):
+// Kafka at Dir/kafka, Postgres at Dir/pg with the dev databases and Redis
+// at Dir/redis. Servers left running in Dir by a crashed run are restarted,
+// stale pid files are handled, and Kafka keeps every acknowledged record.
+// When running as root, the parents of Dir get the search bit where the
+// postgres user lacks it (logged). On error, whatever started is stopped.
+func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("resolving the stack directory: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the stack directory: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Stack{}
+	s.Kafka, err = StartKafka(KafkaConfig{
+		Addr:       cfg.KafkaAddr,
+		DataDir:    filepath.Join(dir, "kafka"),
+		Partitions: cfg.Partitions,
+		SyncWrites: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("embedded kafka started", "addr", s.Kafka.Addr(), "data_dir", filepath.Join(dir, "kafka"))
+
+	// Postgres and Redis start side by side: initdb dominates a first run.
+	var wg sync.WaitGroup
+	var pgErr, redisErr error
+	wg.Go(func() {
+		s.Postgres, pgErr = StartPostgres(ctx, PostgresConfig{
+			DataDir:   filepath.Join(dir, "pg"),
+			Addr:      cfg.PostgresAddr,
+			Databases: stackDatabases,
+			Logger:    log,
+		})
+	})
+	wg.Go(func() {
+		s.Redis, redisErr = StartRedis(ctx, RedisConfig{
+			DataDir: filepath.Join(dir, "redis"),
+			Addr:    cfg.RedisAddr,
+			Logger:  log,
+		})
+	})
+	wg.Wait()
+
+	// SEARCH SERVER: start it here (Dir/search), after the stores.
+
+	if err := errors.Join(pgErr, redisErr); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
+	return s, nil
+}
+
+// Close stops every server of the stack in reverse start order, keeping
+// their data, and returns the errors joined. Close is idempotent.
+func (s *Stack) Close() error {
+	var errs []error
+	// SEARCH SERVER: stop it first.
+	if s.Redis != nil {
+		errs = append(errs, s.Redis.Close())
+	}
+	if s.Postgres != nil {
+		errs = append(errs, s.Postgres.Close())
+	}
+	if s.Kafka != nil {
+		errs = append(errs, s.Kafka.Close())
+	}
+	return errors.Join(errs...)
+}
