@@ -79,3 +79,16 @@ func (e *PermanentError) Error() string {
 	}
 	return b.String()
 }
+
+// SinkFunc returns a Sink named name whose Write calls write.
+func SinkFunc(name string, write func(ctx context.Context, batch []Record) error) Sink {
+	return funcSink{name, write}
+}
+
+type funcSink struct {
+	name  string
+	write func(context.Context, []Record) error
+}
+
+func (s funcSink) Name() string                                    { return s.name }
+func (s funcSink) Write(ctx context.Context, batch []Record) error { return s.write(ctx, batch) }

@@ -1,0 +1,88 @@
+package timeline
+
+import (
+	"errors"
+	"flag"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors returned by Config.Validate.
+var (
+	ErrNoRedis = errors.New("timeline redis address not set")
+	ErrKeep    = errors.New("timeline keep must not be negative")
+	ErrTTL     = errors.New("timeline ttl must not be negative")
+)
+
+// Defaults of Keep and TTL, used by the flags and for zero values.
+const (
+	DefaultKeep = 1000
+	DefaultTTL  = 14 * 24 * time.Hour
+)
+
+// Config configures the timeline sink and its Redis client. New treats a zero
+// Keep or TTL as its default.
+type Config struct {
+	// Prefix is put before every key and channel name, so a rebuild can fill
+	// a fresh namespace.
+	Prefix string
+	// Keep is how many of a locality's newest records its timeline holds.
+	Keep int
+	// TTL is how long a locality's keys live after its last new record.
+	TTL time.Duration
+	// RedisAddrs are the Redis addresses; more than one means Redis Cluster.
+	RedisAddrs []string
+	// RedisPassword authenticates to Redis; empty means none.
+	RedisPassword string
+}
+
+// RegisterFlags registers the timeline flags under prefix (e.g. "timeline"
+// gives -timeline.keep).
+func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.StringVar(&c.Prefix, prefix+".key-prefix", "", "Prefix of every timeline Redis key and channel (a rebuild can fill a fresh namespace).")
+	fs.IntVar(&c.Keep, prefix+".keep", DefaultKeep, "Newest records kept on each locality's timeline.")
+	fs.DurationVar(&c.TTL, prefix+".ttl", DefaultTTL, "Lifetime of a locality's timeline keys after its last new record.")
+	c.RedisAddrs = []string{"127.0.0.1:16379"}
+	fs.Var((*listValue)(&c.RedisAddrs), prefix+".redis-addrs", "Comma-separated Redis addresses; more than one means Redis Cluster.")
+	fs.StringVar(&c.RedisPassword, prefix+".redis-password", "", "Redis password; empty for none.")
+}
+
+// Validate reports the first invalid setting.
+func (c *Config) Validate() error {
+	switch {
+	case len(c.RedisAddrs) == 0:
+		return ErrNoRedis
+	case c.Keep < 0:
+		return ErrKeep
+	case c.TTL < 0:
+		return ErrTTL
+	}
+	return nil
+}
+
+// NewClient returns a Redis client for c.RedisAddrs: a cluster client when
+// there is more than one address, a plain client otherwise. The caller
+// closes it.
+func (c *Config) NewClient() redis.UniversalClient {
+	return redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:    c.RedisAddrs,
+		Password: c.RedisPassword,
+	})
+}
+
+// listValue is a comma-separated flag value.
+type listValue []string
+
+func (l *listValue) String() string { return strings.Join(*l, ",") }
+
+func (l *listValue) Set(s string) error {
+	*l = nil
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
+	}
+	return nil
+}
