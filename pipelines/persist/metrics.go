@@ -1,0 +1,35 @@
+package persist
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	writeSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "chapper_persist_write_seconds",
+		Help:    "Time to write one batch to every shard database it touches, shard map lock included.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
+	lockWaitSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "chapper_persist_lock_wait_seconds",
+		Help:    "Time a batch waited for the shard map lock (long while a shard move switches the map).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+	})
+	rowsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_persist_rows_total",
+		Help: "Rows written per table: inserted, or duplicate (already stored, skipped by ON CONFLICT DO NOTHING).",
+	}, []string{"table", "result"})
+	rejectedTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_persist_rejected_records_total",
+		Help: "Records that can never be stored (returned as permanent failures, dead-lettered by the runtime).",
+	})
+	databaseErrorsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_persist_database_errors_total",
+		Help: "Transient write errors per shard database (down, read-only, ...); the batch is retried.",
+	}, []string{"database"})
+	mapVersion = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "chapper_persist_shard_map_version",
+		Help: "Version of the shard map the persister writes with.",
+	})
+)
