@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/chapper/chapper/services/devstack"
+)
+
+// devDefaults are the flag defaults of `chapper dev` beyond the targets'
+// own: loopback only, DESIGN.md's dev ports.
+var devDefaults = map[string]string{
+	"grpc.addr":  "127.0.0.1:7070",
+	"admin.addr": "127.0.0.1:7071",
+}
+
+// runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis; data
+// under -dev.dir) and every target, plaintext, authentication off. It
+// prints the endpoints once the gRPC port is open and stops everything on
+// ctx (Ctrl-C).
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs, "all")
+	var sc devstack.StackConfig
+	sc.RegisterFlags("dev", fs)
+	setups := registerTargetFlags(fs)
+	for name, v := range devDefaults {
+		if err := setDefault(fs, name, v); err != nil {
+			return err
+		}
+	}
+	for _, n := range builtTargets() {
+		for name, v := range targets[n].dev {
+			if err := setDefault(fs, name, v); err != nil {
+				return err
+			}
+		}
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	names, err := selectTargets(c.targets)
+	if err != nil {
+		return err
+	}
+	log, err := c.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	sc.Logger = log
+
+	stack, err := devstack.StartStack(ctx, sc)
+	if err != nil {
+		return fmt.Errorf("starting the embedded stack: %w", err)
+	}
+	a, err := newApp(&c, log, stdout)
+	if err != nil {
+		return errors.Join(err, stack.Close())
+	}
+	a.Stack = stack
+	a.DataDir, _ = filepath.Abs(sc.Dir)
+	// Dev mode talks to its own broker, whatever -kafka.brokers says.
+	a.Brokers = []string{stack.Kafka.Addr()}
+
+	announce := func() { printEndpoints(stdout, a, names) }
+	runErr := a.run(ctx, names, setups, announce)
+	if err := stack.Close(); err != nil {
+		return errors.Join(runErr, fmt.Errorf("stopping the embedded stack: %w", err))
+	}
+	if runErr == nil {
+		fmt.Fprintln(stdout, "chapper dev stopped")
+	}
+	return runErr
+}
+
+// printEndpoints tells the developer where everything is.
+func printEndpoints(w io.Writer, a *app, names []string) {
+	fmt.Fprintf(w, "chapper dev is up (targets: %v)\n", names)
+	if a.grpcUsed {
+		fmt.Fprintf(w, "  gRPC + gRPC-web  %s\n", a.grpc.Addr())
+	}
+	fmt.Fprintf(w, "  admin            http://%s  (/metrics /healthz /readyz)\n", a.admin.Addr())
+	s := a.Stack
+	fmt.Fprintf(w, "  Kafka            %s\n", s.Kafka.Addr())
+	if s.Postgres != nil {
+		fmt.Fprintf(w, "  Postgres         %s  (user postgres; databases chapper_router, chapper_shard_0, chapper_shard_1)\n", s.Postgres.Addr())
+	}
+	if s.Redis != nil {
+		fmt.Fprintf(w, "  Redis            %s\n", s.Redis.Addr())
+	}
+	fmt.Fprintf(w, "  data             %s\n", a.DataDir)
+	fmt.Fprintln(w, "Ctrl-C stops everything.")
+}

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+	"flag"
+
+	"github.com/chapper/chapper/services/ingest"
+)
+
+// The ingest target: IngestService on the shared gRPC server. The gRPC port
+// opens only once ingest can take records (every topic exists).
+func init() {
+	registerTarget(target{
+		name: "ingest",
+		flags: func(fs *flag.FlagSet) setupFunc {
+			var cfg ingest.Config
+			cfg.RegisterFlags("ingest", fs)
+			return func(_ context.Context, a *app) error {
+				cfg.Brokers = a.Brokers
+				cfg.Logger = a.Log
+				svc, err := ingest.New(cfg)
+				if err != nil {
+					return err
+				}
+				a.GRPC().Register(svc.Register)
+				a.GRPC().Gate(svc.WaitReady)
+				a.Add("ingest", svc.Run, svc.Ready)
+				return nil
+			}
+		},
+		dev: map[string]string{"ingest.topic-replication-factor": "1"},
+	})
+}

@@ -1,0 +1,52 @@
+package ingest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Outcome labels of recordsTotal.
+const (
+	resultAccepted  = "accepted"
+	resultDuplicate = "duplicate"
+	resultRejected  = "rejected"
+)
+
+var (
+	recordsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_ingest_records_total",
+		Help: "Records answered by Submit, by kind and result (accepted, duplicate, rejected).",
+	}, []string{"kind", "result"})
+
+	rejectionsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_ingest_rejections_total",
+		Help: "Rejected records by kind and reason class (the offending field's name, e.g. latitude).",
+	}, []string{"kind", "reason"})
+
+	requestsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_ingest_requests_total",
+		Help: "Submit calls by gRPC status code.",
+	}, []string{"code"})
+
+	produceSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "chapper_ingest_produce_seconds",
+		Help:    "Time from handing a request's records to the producer to the broker's acknowledgement (or failure).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+
+	produceErrorsTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_ingest_produce_errors_total",
+		Help: "Produce calls that failed or timed out (Submit answered UNAVAILABLE).",
+	})
+
+	batchRecords = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "chapper_ingest_batch_records",
+		Help:    "Records per Submit request, all kinds together.",
+		Buckets: []float64{0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000},
+	})
+
+	dedupWaitsTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_ingest_dedup_waits_total",
+		Help: "Records whose id was being produced by a concurrent Submit, so this one waited for its outcome.",
+	})
+)
