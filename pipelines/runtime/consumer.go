@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return ErrStarted
 	}
+	// a group that joins before its topics exist is assigned no partitions
+	// and stays idle, so wait for them (ingest creates them at start-up)
+	if err := c.waitForTopics(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	reader := kafka.NewReader(c.readerConfig())
 	writer := &kafka.Writer{
 		Addr:         kafka.TCP(c.cfg.Brokers...),
@@ -117,6 +126,45 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.log.Info("consumer stopped")
 	return nil
+}
+
+// waitForTopics blocks until every topic to consume exists with at least
+// one partition, or ctx is done. It logs once while it waits.
+func (c *Consumer) waitForTopics(ctx context.Context) error {
+	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second}
+	wait, logged := 50*time.Millisecond, false
+	for {
+		missing, err := c.missingTopics(ctx, client)
+		if err == nil && len(missing) == 0 {
+			return nil
+		}
+		if !logged {
+			c.log.Info("waiting for topics to exist before joining the group", "missing", missing, "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// missingTopics returns the topics to consume that the brokers do not know.
+func (c *Consumer) missingTopics(ctx context.Context, client *kafka.Client) ([]string, error) {
+	resp, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: c.cfg.Topics})
+	if err != nil {
+		return nil, fmt.Errorf("reading topic metadata: %w", err)
+	}
+	var missing []string
+	for _, name := range c.cfg.Topics {
+		i := slices.IndexFunc(resp.Topics, func(t kafka.Topic) bool { return t.Name == name })
+		if i < 0 || resp.Topics[i].Error != nil || len(resp.Topics[i].Partitions) == 0 {
+			missing = append(missing, name)
+		}
+	}
+	return missing, nil
 }
 
 func (c *Consumer) readerConfig() kafka.ReaderConfig {

@@ -440,3 +440,37 @@ func TestConfig(t *testing.T) {
 		})
 	}
 }
+
+// A consumer started before its topics exist (chapper dev starts the
+// pipelines while ingest is still creating them) waits, then joins with
+// every partition assigned.
+func TestConsumerStartedBeforeTopics(t *testing.T) {
+	k := devtest.Kafka(t)
+	cfg := sinktest.ConsumerConfig(k.Addr(), "early")
+	sink := newMemSink("early")
+	c := sinktest.Start(t, cfg, sink)
+	if err := c.Consumer.Ready(); err == nil {
+		t.Fatal("Ready() = nil before the topics exist")
+	}
+	// a consumer that joined now would be assigned nothing and could stay
+	// idle; give a wrong one time to join, then check the group is empty
+	time.Sleep(time.Second)
+	groups, err := (&kafka.Client{Addr: kafka.TCP(k.Addr())}).ListGroups(ctxT(t), &kafka.ListGroupsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range groups.Groups {
+		if g.GroupID == cfg.GroupID {
+			t.Fatalf("consumer joined group %s before its topics existed", cfg.GroupID)
+		}
+	}
+	sinktest.CreateTopics(t, k.Addr())
+	recs := sinktest.Records(3, 200)
+	sinktest.ProduceRecords(t, k.Addr(), recs...)
+	sinktest.Eventually(t, 30*time.Second, func() error {
+		if n := sink.Total(t); n != len(recs) {
+			return fmt.Errorf("sink holds %d of %d records", n, len(recs))
+		}
+		return nil
+	})
+}

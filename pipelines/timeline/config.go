@@ -32,10 +32,33 @@ type Config struct {
 	Keep int
 	// TTL is how long a locality's keys live after its last new record.
 	TTL time.Duration
-	// RedisAddrs are the Redis addresses; more than one means Redis Cluster.
-	RedisAddrs []string
-	// RedisPassword authenticates to Redis; empty means none.
-	RedisPassword string
+	// Redis says where the timelines live.
+	Redis RedisConfig
+}
+
+// RedisConfig says how to reach Redis. The query service reads with the
+// same settings under its own flag prefix.
+type RedisConfig struct {
+	// Addrs are the Redis addresses; more than one means Redis Cluster.
+	Addrs []string
+	// Password authenticates to Redis; empty means none.
+	Password string
+}
+
+// RegisterFlags registers -<prefix>.redis-addrs and -<prefix>.redis-password.
+func (c *RedisConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	c.Addrs = []string{"127.0.0.1:16379"}
+	fs.Var((*listValue)(&c.Addrs), prefix+".redis-addrs", "Comma-separated Redis addresses; more than one means Redis Cluster.")
+	fs.StringVar(&c.Password, prefix+".redis-password", "", "Redis password; empty for none.")
+}
+
+// NewClient returns a Redis client for c.Addrs: a cluster client when there
+// is more than one address, a plain client otherwise. The caller closes it.
+func (c *RedisConfig) NewClient() redis.UniversalClient {
+	return redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:    c.Addrs,
+		Password: c.Password,
+	})
 }
 
 // RegisterFlags registers the timeline flags under prefix (e.g. "timeline"
@@ -44,15 +67,13 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Prefix, prefix+".key-prefix", "", "Prefix of every timeline Redis key and channel (a rebuild can fill a fresh namespace).")
 	fs.IntVar(&c.Keep, prefix+".keep", DefaultKeep, "Newest records kept on each locality's timeline.")
 	fs.DurationVar(&c.TTL, prefix+".ttl", DefaultTTL, "Lifetime of a locality's timeline keys after its last new record.")
-	c.RedisAddrs = []string{"127.0.0.1:16379"}
-	fs.Var((*listValue)(&c.RedisAddrs), prefix+".redis-addrs", "Comma-separated Redis addresses; more than one means Redis Cluster.")
-	fs.StringVar(&c.RedisPassword, prefix+".redis-password", "", "Redis password; empty for none.")
+	c.Redis.RegisterFlags(prefix, fs)
 }
 
 // Validate reports the first invalid setting.
 func (c *Config) Validate() error {
 	switch {
-	case len(c.RedisAddrs) == 0:
+	case len(c.Redis.Addrs) == 0:
 		return ErrNoRedis
 	case c.Keep < 0:
 		return ErrKeep
@@ -60,16 +81,6 @@ func (c *Config) Validate() error {
 		return ErrTTL
 	}
 	return nil
-}
-
-// NewClient returns a Redis client for c.RedisAddrs: a cluster client when
-// there is more than one address, a plain client otherwise. The caller
-// closes it.
-func (c *Config) NewClient() redis.UniversalClient {
-	return redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:    c.RedisAddrs,
-		Password: c.RedisPassword,
-	})
 }
 
 // listValue is a comma-separated flag value.

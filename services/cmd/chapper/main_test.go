@@ -305,6 +305,27 @@ func TestDev(t *testing.T) {
 	if err != nil || resp.GetResults()[0].GetStatus() != canvassv1.Status_STATUS_ACCEPTED {
 		t.Fatalf("Submit: %v %v", resp, err)
 	}
+	// the timeline target materialises it and the query target reads it back
+	id := resp.GetResults()[0].GetId()
+	q := canvassv1.NewQueryServiceClient(conn)
+	for found := false; !found; {
+		chunk, err := q.GetChunk(ctx, &canvassv1.GetChunkRequest{Location: &canvassv1.Location{Latitude: 55.9533, Longitude: -3.1883}})
+		if err != nil {
+			t.Fatalf("GetChunk: %v", err)
+		}
+		for _, l := range chunk.GetLocalities() {
+			for _, e := range l.GetEntries() {
+				found = found || e.GetId() == id
+			}
+		}
+		if !found {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("record %s never showed in GetChunk", id)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
 	stop()
 	select {
 	case err := <-done:

@@ -36,10 +36,7 @@ var targetOrder = []string{"ingest", "query", "timeline", "persist", "search"}
 
 // plannedTargets says where a target that is not built yet will come from.
 var plannedTargets = map[string]string{
-	"query":    "issue 4",
-	"timeline": "issue 4",
-	"persist":  "issue 5",
-	"search":   "issue 6",
+	"search": "issue 6",
 }
 
 var targets = map[string]target{}
