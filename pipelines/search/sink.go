@@ -1,0 +1,254 @@
+// Package search is the Elasticsearch sink: it indexes every canvassing
+// record as a document, denormalised for reporting, into one index per kind
+// and month of the record's own time (canvass-<kind>-<yyyy.mm>), read
+// through the aliases canvass-visits, canvass-intentions and
+// canvass-followups. The document id is the record id, so re-delivery and
+// replay overwrite a document with itself and change no count.
+package search
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/chapper/chapper/proto/topic"
+	"github.com/elastic/go-elasticsearch/v8"
+	"github.com/elastic/go-elasticsearch/v8/esapi"
+	"github.com/elastic/go-elasticsearch/v8/esutil"
+
+	"github.com/chapper/chapper/pipelines/runtime"
+)
+
+// ErrNotIndexed is wrapped by the transient error Write returns when some
+// documents were not acknowledged (server unreachable, 429 or 5xx): the
+// runtime retries the whole batch.
+var ErrNotIndexed = errors.New("documents not acknowledged by Elasticsearch")
+
+// Sink indexes records into Elasticsearch. It is safe for concurrent use.
+type Sink struct {
+	cfg   Config
+	es    *elasticsearch.Client
+	names Names
+	bi    esutil.BulkIndexer
+	log   *slog.Logger
+}
+
+// New connects to Elasticsearch, installs the index templates (Setup) and
+// returns the sink. It fails if the server cannot be reached or refuses a
+// template; ctx bounds that set-up only.
+func New(ctx context.Context, cfg Config) (*Sink, error) {
+	es, err := NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sink{cfg: cfg, es: es, names: Names{Prefix: cfg.IndexPrefix}, log: cfg.logger()}
+	if err := s.Setup(ctx); err != nil {
+		return nil, err
+	}
+	s.bi, err = esutil.NewBulkIndexer(esutil.BulkIndexerConfig{
+		Client:     es,
+		NumWorkers: cfg.Workers,
+		FlushBytes: cfg.FlushBytes,
+		// Write flushes explicitly; the timer only matters if it never does.
+		FlushInterval: time.Hour,
+		OnFlushStart: func(ctx context.Context) context.Context {
+			return context.WithValue(ctx, flushStartKey{}, time.Now())
+		},
+		OnFlushEnd: func(ctx context.Context) {
+			if t, ok := ctx.Value(flushStartKey{}).(time.Time); ok {
+				bulkSeconds.Observe(time.Since(t).Seconds())
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating bulk indexer: %w", err)
+	}
+	return s, nil
+}
+
+type flushStartKey struct{}
+
+// Name returns "search".
+func (s *Sink) Name() string { return "search" }
+
+// Client returns the sink's Elasticsearch client.
+func (s *Sink) Client() *elasticsearch.Client { return s.es }
+
+// Names returns the index, alias and template names the sink uses.
+func (s *Sink) Names() Names { return s.names }
+
+// Setup installs (or replaces) the index template of every kind. It is
+// idempotent. A changed template applies to indices created after it, that
+// is from the next month on, or after an index is deleted and replayed.
+func (s *Sink) Setup(ctx context.Context) error {
+	for _, k := range topic.Kinds {
+		res, err := s.es.Indices.PutIndexTemplate(s.names.Template(k), bytes.NewReader(s.names.TemplateBody(k)),
+			s.es.Indices.PutIndexTemplate.WithContext(ctx))
+		if err := responseError(res, err); err != nil {
+			return fmt.Errorf("installing index template %s: %w", s.names.Template(k), err)
+		}
+	}
+	s.log.Debug("search index templates installed", "prefix", s.names.Prefix)
+	return nil
+}
+
+// itemResult is what the bulk indexer reported for one record.
+type itemResult struct {
+	done   bool
+	ok     bool
+	status int
+	typ    string
+	reason string
+	err    error
+}
+
+// Write indexes every record of batch and returns once each one was
+// acknowledged or failed. Records that can never be indexed (no id,
+// location or time; a document the mapping rejects: a 4xx item) come back
+// in a *runtime.PermanentError with the rest indexed. If any document was
+// not acknowledged for a reason that may pass (no connection, a 429 or
+// 5xx for the request or the item), Write returns an error wrapping
+// ErrNotIndexed and the runtime retries the batch. Cancelling ctx stops the
+// wait; documents already sent may still be indexed, which a retry
+// overwrites with the same content.
+func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
+	start := time.Now()
+	defer func() { writeSeconds.Observe(time.Since(start).Seconds()) }()
+
+	results := make([]itemResult, len(batch))
+	kinds := make([]topic.Kind, len(batch))
+	var failures []runtime.Failure
+	added := 0
+	for i, rec := range batch {
+		doc, kind, t, err := NewDocument(rec, s.cfg.ShardBits)
+		if err != nil {
+			itemErrors.WithLabelValues("invalid_record").Inc()
+			failures = append(failures, runtime.Failure{Record: rec, Reason: err})
+			results[i] = itemResult{done: true}
+			continue
+		}
+		kinds[i] = kind
+		body, err := json.Marshal(doc)
+		if err != nil {
+			return fmt.Errorf("encoding document %s: %w", doc.ID, err)
+		}
+		res := &results[i]
+		err = s.bi.Add(ctx, esutil.BulkIndexerItem{
+			Index:      s.names.Index(kind, t),
+			Action:     "index",
+			DocumentID: doc.ID,
+			Body:       bytes.NewReader(body),
+			OnSuccess: func(_ context.Context, _ esutil.BulkIndexerItem, r esutil.BulkIndexerResponseItem) {
+				*res = itemResult{done: true, ok: true, status: r.Status}
+			},
+			OnFailure: func(_ context.Context, _ esutil.BulkIndexerItem, r esutil.BulkIndexerResponseItem, err error) {
+				*res = itemResult{done: true, status: r.Status, typ: r.Error.Type, reason: itemReason(r), err: err}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("queueing document %s: %w", doc.ID, err)
+		}
+		added++
+	}
+	if added > 0 {
+		if err := s.bi.Flush(ctx); err != nil {
+			return fmt.Errorf("waiting for bulk requests: %w", err)
+		}
+	}
+
+	var transient int
+	var firstTransient string
+	for i, r := range results {
+		switch {
+		case r.ok:
+			docsIndexed.WithLabelValues(string(kinds[i])).Inc()
+		case kinds[i] == "":
+			// already listed as an invalid record
+		case !r.done || r.err != nil || r.status == http.StatusTooManyRequests || r.status >= 500 || r.status == 0:
+			transient++
+			typ, why := "transport", "no response"
+			switch {
+			case r.err != nil:
+				why = r.err.Error()
+			case r.typ != "":
+				typ, why = r.typ, fmt.Sprintf("status %d: %s", r.status, r.reason)
+			case r.done:
+				why = fmt.Sprintf("status %d", r.status)
+			}
+			itemErrors.WithLabelValues(typ).Inc()
+			if firstTransient == "" {
+				firstTransient = why
+			}
+		default:
+			typ := r.typ
+			if typ == "" {
+				typ = "unknown"
+			}
+			itemErrors.WithLabelValues(typ).Inc()
+			failures = append(failures, runtime.Failure{
+				Record: batch[i],
+				Reason: fmt.Errorf("elasticsearch rejected document (status %d): %s", r.status, r.reason),
+			})
+		}
+	}
+	if transient > 0 {
+		return fmt.Errorf("%w: %d of %d, first: %s", ErrNotIndexed, transient, len(batch), firstTransient)
+	}
+	if len(failures) > 0 {
+		return &runtime.PermanentError{Failures: failures}
+	}
+	return nil
+}
+
+func itemReason(r esutil.BulkIndexerResponseItem) string {
+	var b strings.Builder
+	b.WriteString(r.Error.Type)
+	if r.Error.Reason != "" {
+		b.WriteString(": ")
+		b.WriteString(r.Error.Reason)
+	}
+	if r.Error.Cause.Type != "" || r.Error.Cause.Reason != "" {
+		fmt.Fprintf(&b, " (caused by %s: %s)", r.Error.Cause.Type, r.Error.Cause.Reason)
+	}
+	return b.String()
+}
+
+// Close flushes and stops the bulk indexer. The sink must not be used after.
+func (s *Sink) Close(ctx context.Context) error {
+	if err := s.bi.Close(ctx); err != nil {
+		return fmt.Errorf("closing bulk indexer: %w", err)
+	}
+	return nil
+}
+
+// responseError turns a failed request or an error response into an error,
+// and closes the body.
+func responseError(res *esapi.Response, err error) error {
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.IsError() {
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
+		return &StatusError{Status: res.StatusCode, Body: string(b)}
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	return nil
+}
+
+// StatusError is an error response from Elasticsearch.
+type StatusError struct {
+	Status int
+	Body   string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("elasticsearch answered %d: %s", e.Status, e.Body)
+}
