@@ -49,7 +49,7 @@ func TestCrashChild(t *testing.T) {
 }
 
 func crashConfig(dir string) devstack.StackConfig {
-	return devstack.StackConfig{Dir: dir, KafkaAddr: "127.0.0.1:0", PostgresAddr: "127.0.0.1:0", RedisAddr: "127.0.0.1:0", Partitions: 12}
+	return devstack.StackConfig{Dir: dir, KafkaAddr: "127.0.0.1:0", PostgresAddr: "127.0.0.1:0", RedisAddr: "127.0.0.1:0", SearchAddr: "127.0.0.1:0", Partitions: 12}
 }
 
 func TestStackRecoversAfterSIGKILL(t *testing.T) {

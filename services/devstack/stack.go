@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/chapper/chapper/services/devstack/search"
 )
 
 // Databases of the dev cluster: the PL/Proxy router and two shard
@@ -17,7 +19,8 @@ var stackDatabases = []string{"chapper_router", "chapper_shard_0", "chapper_shar
 
 // StackConfig configures dev mode's embedded stack.
 type StackConfig struct {
-	// Dir holds every server's data: Dir/kafka, Dir/pg, Dir/redis.
+	// Dir holds every server's data: Dir/kafka, Dir/pg, Dir/redis,
+	// Dir/search.
 	Dir string
 	// KafkaAddr is the embedded broker's listen address.
 	KafkaAddr string
@@ -25,6 +28,8 @@ type StackConfig struct {
 	PostgresAddr string
 	// RedisAddr is the redis-server's listen address.
 	RedisAddr string
+	// SearchAddr is the embedded search server's listen address.
+	SearchAddr string
 	// Partitions is the partition count of topics created with the
 	// broker's default.
 	Partitions int
@@ -40,6 +45,7 @@ func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
 	fs.StringVar(&c.PostgresAddr, prefix+".postgres-addr", "127.0.0.1:15432", "Listen address of the private Postgres cluster.")
 	fs.StringVar(&c.RedisAddr, prefix+".redis-addr", "127.0.0.1:16379", "Listen address of the private redis-server.")
+	fs.StringVar(&c.SearchAddr, prefix+".search-addr", "127.0.0.1:19200", "Listen address of the embedded search server (Elasticsearch API subset).")
 	fs.IntVar(&c.Partitions, prefix+".partitions", 12, "Partitions of topics created with the broker's default.")
 }
 
@@ -52,8 +58,8 @@ func (c *StackConfig) Validate() error {
 	switch {
 	case c.Dir == "":
 		return fmt.Errorf("%w: no data directory", ErrStackConfig)
-	case c.KafkaAddr == "", c.PostgresAddr == "", c.RedisAddr == "":
-		return fmt.Errorf("%w: kafka, postgres and redis addresses are all required", ErrStackConfig)
+	case c.KafkaAddr == "", c.PostgresAddr == "", c.RedisAddr == "", c.SearchAddr == "":
+		return fmt.Errorf("%w: kafka, postgres, redis and search addresses are all required", ErrStackConfig)
 	case c.Partitions <= 0:
 		return fmt.Errorf("%w: partitions must be positive, got %d", ErrStackConfig, c.Partitions)
 	}
@@ -71,11 +77,12 @@ type Stack struct {
 	Postgres *Postgres
 	// Redis is the private redis-server (append-only file on).
 	Redis *Redis
+	// Search is the embedded search server, serving the Elasticsearch API
+	// subset Chapper uses.
+	Search *search.Server
 
-	// SEARCH SERVER: the embedded search server (package
-	// services/devstack/search, Config{DataDir, Addr}, Run(ctx)) joins the
-	// stack here, with its data in Dir/search and an address field in
-	// StackConfig; StartStack starts it and Close stops it first.
+	stopSearch context.CancelFunc
+	searchDone chan error
 }
 
 // StartStack starts the embedded stack under cfg.Dir (made absolute):
@@ -131,19 +138,40 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	})
 	wg.Wait()
 
-	// SEARCH SERVER: start it here (Dir/search), after the stores.
-
 	if err := errors.Join(pgErr, redisErr); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
+	if err := s.startSearch(filepath.Join(dir, "search"), cfg.SearchAddr, log); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
 	return s, nil
+}
+
+// startSearch opens the search server's data, binds its address and serves
+// it in the background until Close.
+func (s *Stack) startSearch(dataDir, addr string, log *slog.Logger) error {
+	srv, err := search.New(search.Config{DataDir: dataDir, Addr: addr, Logger: log})
+	if err != nil {
+		return err
+	}
+	if _, err := srv.Listen(); err != nil {
+		return errors.Join(err, srv.Close())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.Search, s.stopSearch, s.searchDone = srv, cancel, make(chan error, 1)
+	go func() { s.searchDone <- srv.Run(ctx) }()
+	return nil
 }
 
 // Close stops every server of the stack in reverse start order, keeping
 // their data, and returns the errors joined. Close is idempotent.
 func (s *Stack) Close() error {
 	var errs []error
-	// SEARCH SERVER: stop it first.
+	if s.stopSearch != nil {
+		s.stopSearch()
+		errs = append(errs, <-s.searchDone)
+		s.stopSearch = nil
+	}
 	if s.Redis != nil {
 		errs = append(errs, s.Redis.Close())
 	}

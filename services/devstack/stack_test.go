@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"io"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +25,7 @@ func TestStackConfig(t *testing.T) {
 	if err := fs.Parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	want := devstack.StackConfig{Dir: "var", KafkaAddr: "127.0.0.1:19092", PostgresAddr: "127.0.0.1:15432", RedisAddr: "127.0.0.1:16379", Partitions: 12}
+	want := devstack.StackConfig{Dir: "var", KafkaAddr: "127.0.0.1:19092", PostgresAddr: "127.0.0.1:15432", RedisAddr: "127.0.0.1:16379", SearchAddr: "127.0.0.1:19200", Partitions: 12}
 	if cfg != want {
 		t.Errorf("defaults = %+v, want %+v", cfg, want)
 	}
@@ -70,6 +73,7 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 		KafkaAddr:    "127.0.0.1:0",
 		PostgresAddr: "127.0.0.1:0",
 		RedisAddr:    "127.0.0.1:0",
+		SearchAddr:   "127.0.0.1:0",
 		Partitions:   3,
 	}
 	s, err := devstack.StartStack(ctx, cfg)
@@ -84,6 +88,7 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 		execSQL(ctx, t, s.Postgres, db, "CREATE TABLE marks (n int); INSERT INTO marks VALUES (1)")
 	}
 	redisSet(ctx, t, s.Redis.Addr(), "k", "v")
+	searchDo(ctx, t, http.MethodPut, "http://"+s.Search.Addr()+"/marks/_doc/1?refresh=true", `{"n":1}`, http.StatusCreated)
 
 	if err := s.Close(); err != nil {
 		t.Fatalf("closing the stack: %v", err)
@@ -111,6 +116,26 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 	}
 	if v, err := redisGet(ctx, s.Redis.Addr(), "k"); err != nil || v != "v" {
 		t.Errorf("redis after restart: GET k = %q, %v; want v", v, err)
+	}
+	searchDo(ctx, t, http.MethodGet, "http://"+s.Search.Addr()+"/marks/_doc/1", "", http.StatusOK)
+}
+
+// searchDo sends one request to the search server and checks its status.
+func searchDo(ctx context.Context, t *testing.T, method, url, body string, want int) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != want {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%s %s: status %d, want %d: %s", method, url, resp.StatusCode, want, b)
 	}
 }
 

@@ -32,7 +32,7 @@ var commands = []command{
 	{"shards", "show and move logical Postgres shards (show, add, move, clean)", runShards},
 	notYet("replay", "re-read topics from an offset or a time into a sink", "the consumer runtime, issue 4"),
 	notYet("deadletter", "inspect and re-drive dead-lettered records", "the consumer runtime, issue 4"),
-	notYet("report", "run the ready-made reporting queries", "issue 6"),
+	{"report", "run a ready-made reporting query against Elasticsearch (intentions, followups, canvassers, unknocked)", runReport},
 	notYet("token", "issue client tokens", "the gRPC-web authentication issue"),
 }
 

@@ -18,7 +18,7 @@ var devDefaults = map[string]string{
 	"admin.addr": "127.0.0.1:7071",
 }
 
-// runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis; data
+// runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis, search; data
 // under -dev.dir) and every target, plaintext, authentication off. It
 // prints the endpoints once the gRPC port is open and stops everything on
 // ctx (Ctrl-C).
@@ -93,6 +93,9 @@ func printEndpoints(w io.Writer, a *app, names []string) {
 	}
 	if s.Redis != nil {
 		fmt.Fprintf(w, "  Redis            %s\n", s.Redis.Addr())
+	}
+	if s.Search != nil {
+		fmt.Fprintf(w, "  search           %s  (Elasticsearch API subset; aliases canvass-visits, canvass-intentions, canvass-followups)\n", s.Search.URL())
 	}
 	fmt.Fprintf(w, "  data             %s\n", a.DataDir)
 	fmt.Fprintln(w, "Ctrl-C stops everything.")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"github.com/chapper/chapper/pipelines/report"
 	"io"
 	"net"
 	"net/http"
@@ -89,7 +90,8 @@ func TestCommandErrors(t *testing.T) {
 		is   error
 	}{
 		{name: "unknown target", args: []string{"serve", "-target=ingest,bogus"}, want: `unknown target "bogus"; built targets: ingest`},
-		{name: "planned target", args: []string{"serve", "-target=search"}, want: "not implemented yet (issue 6)", is: ErrNotImplemented},
+		{name: "report without a name", args: []string{"report"}, want: "give a report name"},
+		{name: "unknown report", args: []string{"report", "bogus"}, want: `report "bogus": want one of intentions, followups, canvassers, unknocked`, is: report.ErrUnknownReport},
 		{name: "no target", args: []string{"serve"}, want: "no target given"},
 		{name: "unknown subcommand", args: []string{"frobnicate"}, want: `unknown subcommand "frobnicate"`},
 		{name: "not implemented subcommand", args: []string{"token"}, want: "chapper token: not implemented yet", is: ErrNotImplemented},
@@ -97,8 +99,6 @@ func TestCommandErrors(t *testing.T) {
 		{name: "bad env value", args: []string{"serve", "-target=ingest"}, want: `error setting flag "ingest.batch-limit" from environment variable "CHAPPER_INGEST_BATCH_LIMIT"`},
 		{name: "stray argument", args: []string{"serve", "-target=ingest", "extra"}, want: "unexpected arguments: extra"},
 	}
-	plannedTargets["future"] = "issue 99"
-	t.Cleanup(func() { delete(plannedTargets, "future") })
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.name == "bad env value" {
@@ -254,7 +254,7 @@ func TestDev(t *testing.T) {
 	go func() {
 		done <- run(runCtx, []string{"dev", "-log.level=warn", "-dev.dir=" + dir,
 			"-grpc.addr=127.0.0.1:0", "-admin.addr=127.0.0.1:0",
-			"-dev.kafka-addr=127.0.0.1:0", "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0"}, pw, os.Stderr)
+			"-dev.kafka-addr=127.0.0.1:0", "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.search-addr=127.0.0.1:0"}, pw, os.Stderr)
 		pw.Close()
 	}()
 	lines := make(chan string)
@@ -265,8 +265,8 @@ func TestDev(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	var grpcAddr, adminURL string
-	for grpcAddr == "" || adminURL == "" {
+	var grpcAddr, adminURL, searchURL string
+	for grpcAddr == "" || adminURL == "" || searchURL == "" {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -278,6 +278,8 @@ func TestDev(t *testing.T) {
 				grpcAddr = f[len(f)-1]
 			case strings.HasPrefix(l, "  admin"):
 				adminURL = f[1]
+			case strings.HasPrefix(l, "  search"):
+				searchURL = f[1]
 			}
 		case <-ctx.Done():
 			t.Fatal("dev did not print its endpoints in time")
@@ -323,6 +325,24 @@ func TestDev(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatalf("record %s never showed in GetChunk", id)
 			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	// the search target indexes it into the embedded search server, and
+	// the report subcommand reads it back
+	var out strings.Builder
+	const edinburghRegion = "5254168"
+	for !strings.Contains(out.String(), edinburghRegion) {
+		out.Reset()
+		err := run(ctx, []string{"report", "intentions", "-search.addresses=" + searchURL, "-from=-1h", "-to=+1h"}, &out, io.Discard)
+		if err != nil {
+			t.Fatalf("chapper report intentions: %v", err)
+		}
+		if !strings.Contains(out.String(), edinburghRegion) {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("the intention never showed in the report:\n%s", out.String())
+			case <-time.After(100 * time.Millisecond):
 			}
 		}
 	}

@@ -38,7 +38,7 @@ func TestDevPersist(t *testing.T) {
 	go func() {
 		done <- run(runCtx, []string{"dev", "-target=ingest,persist", "-log.level=warn", "-dev.dir=" + t.TempDir(),
 			"-grpc.addr=127.0.0.1:0", "-admin.addr=127.0.0.1:0",
-			"-dev.kafka-addr=127.0.0.1:0", "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0"}, pw, os.Stderr)
+			"-dev.kafka-addr=127.0.0.1:0", "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.search-addr=127.0.0.1:0"}, pw, os.Stderr)
 		pw.Close()
 	}()
 	defer func() {

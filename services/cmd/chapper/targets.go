@@ -34,11 +34,6 @@ type setupFunc func(ctx context.Context, a *app) error
 // names them. Targets not built yet answer a clear error.
 var targetOrder = []string{"ingest", "query", "timeline", "persist", "search"}
 
-// plannedTargets says where a target that is not built yet will come from.
-var plannedTargets = map[string]string{
-	"search": "issue 6",
-}
-
 var targets = map[string]target{}
 
 // registerTarget adds a target; call it from init.
@@ -93,8 +88,6 @@ func selectTargets(list string) ([]string, error) {
 			want = append(want, built...)
 		case slices.Contains(built, n):
 			want = append(want, n)
-		case plannedTargets[n] != "":
-			return nil, fmt.Errorf("target %q: %w (%s); built targets: %s", n, ErrNotImplemented, plannedTargets[n], strings.Join(built, ", "))
 		default:
 			return nil, fmt.Errorf("unknown target %q; built targets: %s", n, strings.Join(built, ", "))
 		}

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"flag"
+
+	"github.com/chapper/chapper/pipelines/runtime"
+	"github.com/chapper/chapper/pipelines/search"
+)
+
+// The search target: the consumer runtime (group chapper-search) indexing
+// every record into Elasticsearch (in dev mode, the embedded search server)
+// under monthly indices behind the canvass-<kind> aliases.
+func init() {
+	registerTarget(target{
+		name: "search",
+		flags: func(fs *flag.FlagSet) setupFunc {
+			var cfg search.Config
+			cfg.RegisterFlags("search", fs)
+			var rcfg runtime.Config
+			rcfg.RegisterFlags("search", fs)
+			return func(ctx context.Context, a *app) error {
+				if a.Stack != nil {
+					cfg.Addresses = []string{"http://" + a.Stack.Search.Addr()}
+				}
+				rcfg.Brokers = a.Brokers
+				rcfg.Logger = a.Log
+				sink, err := search.New(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				c, err := runtime.New(rcfg, sink)
+				if err != nil {
+					return err
+				}
+				a.Add("search", func(ctx context.Context) error {
+					// Close flushes nothing new: Write already waited for
+					// every document of each batch.
+					defer sink.Close(context.WithoutCancel(ctx))
+					return c.Run(ctx)
+				}, c.Ready)
+				return nil
+			}
+		},
+	})
+}

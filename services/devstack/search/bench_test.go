@@ -1,0 +1,219 @@
+package search
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/blevesearch/bleve/v2"
+	"github.com/blevesearch/bleve/v2/analysis/analyzer/keyword"
+	"github.com/blevesearch/bleve/v2/index/scorch"
+	blevemapping "github.com/blevesearch/bleve/v2/mapping"
+)
+
+// Workload sizes; CHAPPER_SEARCH_BENCH_DOCS overrides both document counts
+// (e.g. 1000000 for the report-latency figures on 1M documents).
+var (
+	benchDocs      = envInt("CHAPPER_SEARCH_BENCH_DOCS", 50_000)
+	benchBatch     = envInt("CHAPPER_SEARCH_BENCH_BATCH", 1000)
+	benchWorkers   = 2
+	benchQueryDocs = envInt("CHAPPER_SEARCH_BENCH_DOCS", 200_000)
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type benchData struct {
+	ids  []string
+	docs []map[string]any
+}
+
+func genBenchData(n int) benchData {
+	rng := rand.New(rand.NewPCG(1, 2))
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	d := benchData{ids: make([]string, n), docs: make([]map[string]any, n)}
+	for i := range n {
+		d.ids[i], d.docs[i] = genDoc(rng, i, base)
+	}
+	return d
+}
+
+// loadServer bulk-loads the documents into index over HTTP with
+// benchWorkers concurrent requests of benchBatch documents and returns the
+// rate.
+func loadServer(b testing.TB, url, index string, d benchData) float64 {
+	b.Helper()
+	bodies := make([][]byte, 0, len(d.docs)/benchBatch+1)
+	for i := 0; i < len(d.docs); i += benchBatch {
+		end := min(i+benchBatch, len(d.docs))
+		bodies = append(bodies, bulkBody(b, index, d.ids[i:end], d.docs[i:end]))
+	}
+	work := make(chan []byte)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed error
+	start := time.Now()
+	for range benchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for body := range work {
+				status, resp, _ := call(b, http.MethodPost, url+"/_bulk", body)
+				if status != http.StatusOK || bytesContains(resp, `"errors":true`) {
+					mu.Lock()
+					failed = fmt.Errorf("bulk status %d: %.300s", status, resp)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, body := range bodies {
+		work <- body
+	}
+	close(work)
+	wg.Wait()
+	if failed != nil {
+		b.Fatal(failed)
+	}
+	return float64(len(d.docs)) / time.Since(start).Seconds()
+}
+
+func bytesContains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// rawBleveRate indexes the same documents with bleve's own mapping and
+// batches (the baseline: what bleve alone costs).
+func rawBleveRate(b testing.TB, d benchData) float64 {
+	b.Helper()
+	im := bleve.NewIndexMapping()
+	dm := bleve.NewDocumentStaticMapping()
+	kw := bleve.NewKeywordFieldMapping()
+	kw.Analyzer = keyword.Name
+	kw.Store = false
+	kw.DocValues = true
+	for _, f := range []string{"id", "visit_id", "elector_id", "option", "canvasser_id", "kind"} {
+		dm.AddFieldMappingsAt(f, kw)
+	}
+	num := bleve.NewNumericFieldMapping()
+	num.Store = false
+	for _, f := range []string{"locality", "chunk", "region", "shard"} {
+		dm.AddFieldMappingsAt(f, num)
+	}
+	dt := bleve.NewDateTimeFieldMapping()
+	dt.Store = false
+	for _, f := range []string{"recorded_at", "received_at"} {
+		dm.AddFieldMappingsAt(f, dt)
+	}
+	gp := blevemapping.NewGeoPointFieldMapping()
+	gp.Store = false
+	dm.AddFieldMappingsAt("location", gp)
+	im.DefaultMapping = dm
+	idx, err := bleve.NewUsing(b.TempDir()+"/raw", im, scorch.Name, scorch.Name, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer idx.Close()
+	work := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed error
+	start := time.Now()
+	for range benchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				batch := idx.NewBatch()
+				for j := i; j < min(i+benchBatch, len(d.docs)); j++ {
+					if err := batch.Index(d.ids[j], d.docs[j]); err != nil {
+						mu.Lock()
+						failed = err
+						mu.Unlock()
+					}
+				}
+				if err := idx.Batch(batch); err != nil {
+					mu.Lock()
+					failed = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < len(d.docs); i += benchBatch {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if failed != nil {
+		b.Fatal(failed)
+	}
+	return float64(len(d.docs)) / time.Since(start).Seconds()
+}
+
+// BenchmarkBulkIndexing loads benchDocs documents through _bulk over HTTP
+// and, as the baseline, straight into bleve with bleve's own mapping.
+func BenchmarkBulkIndexing(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts a search server")
+	}
+	d := genBenchData(benchDocs)
+	for range b.N {
+		s := startServer(b, b.TempDir())
+		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`}}`, 200)
+		rate := loadServer(b, s.URL(), "canvass-intentions-2026.11", d)
+		raw := rawBleveRate(b, d)
+		b.ReportMetric(rate, "docs/s")
+		b.ReportMetric(raw, "raw-bleve-docs/s")
+		fmt.Printf("bulk: %.0f docs/s through _bulk = %.0f%% of raw bleve batch indexing %.0f docs/s (%d docs, batches of %d, %d workers)\n",
+			rate, 100*rate/raw, raw, len(d.docs), benchBatch, benchWorkers)
+	}
+}
+
+// BenchmarkSearchLatency loads benchQueryDocs documents and times report
+// style searches (p50 over repeated runs), next to a match_all count.
+func BenchmarkSearchLatency(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts a search server")
+	}
+	d := genBenchData(benchQueryDocs)
+	for range b.N {
+		s := startServer(b, b.TempDir())
+		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`,"aliases":{"canvass-intentions":{}}}}`, 200)
+		rate := loadServer(b, s.URL(), "canvass-intentions-2026.11", d)
+		fmt.Printf("loaded %d docs at %.0f docs/s (batches of %d, %d workers)\n", len(d.docs), rate, benchBatch, benchWorkers)
+		// the generated documents would otherwise weigh on every garbage
+		// collection of the searches below
+		d = benchData{ids: d.ids[:0:0], docs: nil}
+		runtime.GC()
+		queries := []struct{ name, body string }{
+			{"count", `{"size":0,"track_total_hits":true}`},
+			{"intentions by option per region and day", `{"size":0,"query":{"range":{"recorded_at":{"gte":"2026-10-01"}}},"aggs":{"regions":{"terms":{"field":"region","size":50},"aggs":{"options":{"terms":{"field":"option"}}}},"days":{"date_histogram":{"field":"recorded_at","calendar_interval":"day"},"aggs":{"options":{"terms":{"field":"option"}}}}}}`},
+			{"canvasser activity", `{"size":0,"aggs":{"canvassers":{"terms":{"field":"canvasser_id","size":1000},"aggs":{"localities":{"cardinality":{"field":"locality"}}}}}}`},
+			{"bbox localities", `{"size":0,"query":{"geo_bounding_box":{"location":{"top_left":{"lat":56.0,"lon":-4.0},"bottom_right":{"lat":55.9,"lon":-3.5}}}},"aggs":{"localities":{"terms":{"field":"locality","size":10000}}}}`},
+			{"top 100 newest", `{"size":100,"sort":[{"recorded_at":"desc"},{"id":"asc"}]}`},
+		}
+		for _, q := range queries {
+			var times []time.Duration
+			for range 5 {
+				start := time.Now()
+				callJSON(b, http.MethodPost, s.URL()+"/canvass-intentions/_search", q.body, 200)
+				times = append(times, time.Since(start))
+			}
+			sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+			fmt.Printf("search %-42s p50 %6.1f ms  max %6.1f ms over %d docs\n", q.name, ms(times[len(times)/2]), ms(times[len(times)-1]), benchQueryDocs)
+		}
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
