@@ -10,8 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/chapper/chapper/pipelines/runtime"
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
@@ -73,7 +71,7 @@ func toRow(i int, r runtime.Record, bits uint) (row, error) {
 	out.shard = int16(out.loc.Shard(bits))
 	// A record without its time is stored as NULL and refused by the
 	// table's NOT NULL: the database decides, like for every other column.
-	if ts := recordTime(msg); ts != nil {
+	if ts := topic.TimestampOf(msg); ts != nil {
 		out.at = pgtype.Timestamptz{Time: ts.AsTime(), Valid: true}
 	}
 	if v := r.Header(topic.HeaderReceivedAt); v != nil {
@@ -96,18 +94,6 @@ func toRow(i int, r runtime.Record, bits uint) (row, error) {
 		out.a, out.b, out.c = m.GetElectorId(), m.GetIssue(), methodName(m.GetMethod())
 	}
 	return out, nil
-}
-
-func recordTime(m proto.Message) *timestamppb.Timestamp {
-	switch r := m.(type) {
-	case *canvassv1.Visit:
-		return r.GetVisitedAt()
-	case *canvassv1.Intention:
-		return r.GetRecordedAt()
-	case *canvassv1.FollowupRequest:
-		return r.GetRecordedAt()
-	}
-	return nil
 }
 
 func optionalUUID(s string) (pgtype.UUID, error) {

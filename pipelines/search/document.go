@@ -9,8 +9,6 @@ import (
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/proto/locality"
 	"github.com/chapper/chapper/proto/topic"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/chapper/chapper/pipelines/runtime"
 )
@@ -97,7 +95,7 @@ func NewDocument(rec runtime.Record, shardBits uint) (doc Document, kind topic.K
 	if err != nil {
 		return Document{}, "", time.Time{}, fmt.Errorf("locating record: %w", err)
 	}
-	if err := timestampOf(msg).CheckValid(); err != nil {
+	if err := topic.TimestampOf(msg).CheckValid(); err != nil {
 		return Document{}, "", time.Time{}, fmt.Errorf("%w: %w", ErrTime, err)
 	}
 	t = meta.Time.UTC()
@@ -138,16 +136,4 @@ func NewDocument(rec runtime.Record, shardBits uint) (doc Document, kind topic.K
 		doc.RecordedAt = doc.Timestamp
 	}
 	return doc, meta.Kind, t, nil
-}
-
-func timestampOf(m proto.Message) *timestamppb.Timestamp {
-	switch r := m.(type) {
-	case *canvassv1.Visit:
-		return r.GetVisitedAt()
-	case *canvassv1.Intention:
-		return r.GetRecordedAt()
-	case *canvassv1.FollowupRequest:
-		return r.GetRecordedAt()
-	}
-	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Topic names (DESIGN.md, names and ports).
@@ -120,6 +121,20 @@ func Decode(topic string, value []byte) (proto.Message, error) {
 		return nil, fmt.Errorf("decoding %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return m, nil
+}
+
+// TimestampOf returns a record's own time (visited_at or recorded_at), nil
+// when it is unset or m is not a record message.
+func TimestampOf(m proto.Message) *timestamppb.Timestamp {
+	switch r := m.(type) {
+	case *canvassv1.Visit:
+		return r.GetVisitedAt()
+	case *canvassv1.Intention:
+		return r.GetRecordedAt()
+	case *canvassv1.FollowupRequest:
+		return r.GetRecordedAt()
+	}
+	return nil
 }
 
 // Meta is what every record kind has in common.
