@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -245,50 +244,10 @@ func TestDev(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts postgres and redis-server; skipped with -short")
 	}
-	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(runCtx, []string{"dev", "-log.level=warn", "-dev.dir=" + dir,
-			"-grpc.addr=127.0.0.1:0", "-admin.addr=127.0.0.1:0",
-			"-dev.kafka-addr=127.0.0.1:0", "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.search-addr=127.0.0.1:0"}, pw, os.Stderr)
-		pw.Close()
-	}()
-	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	var grpcAddr, adminURL, searchURL string
-	for grpcAddr == "" || adminURL == "" || searchURL == "" {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("dev stopped before printing its endpoints: %v", <-done)
-			}
-			f := strings.Fields(l)
-			switch {
-			case strings.HasPrefix(l, "  gRPC + gRPC-web"):
-				grpcAddr = f[len(f)-1]
-			case strings.HasPrefix(l, "  admin"):
-				adminURL = f[1]
-			case strings.HasPrefix(l, "  search"):
-				searchURL = f[1]
-			}
-		case <-ctx.Done():
-			t.Fatal("dev did not print its endpoints in time")
-		}
-	}
-	go func() {
-		for range lines { // drain the rest
-		}
-	}()
+	dev := startDev(t, ctx)
+	grpcAddr, adminURL, searchURL := dev.Endpoints["gRPC + gRPC-web"], dev.Endpoints["admin"], dev.Endpoints["search"]
 
 	// consumers (persist, ...) turn ready once they joined their group,
 	// which may come just after the endpoints are printed
@@ -346,16 +305,10 @@ func TestDev(t *testing.T) {
 			}
 		}
 	}
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("dev returned %v on shutdown", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("dev did not stop")
+	if err := dev.Stop(); err != nil {
+		t.Fatalf("dev returned %v on shutdown", err)
 	}
-	if _, err := os.Stat(dir + "/kafka"); err != nil {
+	if _, err := os.Stat(dev.Dir + "/kafka"); err != nil {
 		t.Errorf("no kafka data under the dev directory: %v", err)
 	}
 }

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -32,44 +30,8 @@ func TestDevPersist(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(runCtx, []string{"dev", "-target=ingest,persist", "-log.level=warn", "-dev.dir=" + t.TempDir(),
-			"-grpc.addr=127.0.0.1:0", "-admin.addr=127.0.0.1:0",
-			"-dev.kafka-addr=127.0.0.1:0", "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.search-addr=127.0.0.1:0"}, pw, os.Stderr)
-		pw.Close()
-	}()
-	defer func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("dev returned %v on shutdown", err)
-			}
-		case <-ctx.Done():
-			t.Error("dev did not stop")
-		}
-	}()
-	var grpcAddr, adminURL, pgAddr string
-	sc := bufio.NewScanner(pr)
-	for grpcAddr == "" || adminURL == "" || pgAddr == "" {
-		if !sc.Scan() {
-			t.Fatalf("dev stopped before printing its endpoints")
-		}
-		l := sc.Text()
-		f := strings.Fields(l)
-		switch {
-		case strings.HasPrefix(l, "  gRPC + gRPC-web"):
-			grpcAddr = f[len(f)-1]
-		case strings.HasPrefix(l, "  admin"):
-			adminURL = f[1]
-		case strings.HasPrefix(l, "  Postgres"):
-			pgAddr = f[1]
-		}
-	}
-	go io.Copy(io.Discard, pr)
+	dev := startDev(t, ctx, "-target=ingest,persist")
+	grpcAddr, adminURL, pgAddr := dev.Endpoints["gRPC + gRPC-web"], dev.Endpoints["admin"], dev.Endpoints["Postgres"]
 	// ready once the persister joined its consumer group
 	if body := waitHTTP(t, ctx, adminURL+"/readyz", http.StatusOK); !strings.Contains(body, "persist: ok") {
 		t.Errorf("/readyz = %q, want persist ok", body)
