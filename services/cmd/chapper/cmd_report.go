@@ -15,10 +15,6 @@ import (
 // reporting queries against Elasticsearch (or the embedded search server of
 // chapper dev), printed as a table.
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var names []string
-	for _, r := range report.Reports {
-		names = append(names, r.Name)
-	}
 	if len(args) == 0 || args[0] == "" || args[0][0] == '-' {
 		var b strings.Builder
 		for _, r := range report.Reports {
