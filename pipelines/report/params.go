@@ -104,10 +104,10 @@ func (p *Params) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	}
 	now := time.Now()
 	fs.Var(&timeValue{t: &p.From, now: now}, name("from"),
-		`Start of the period: RFC 3339, YYYY-MM-DD (UTC), "now" or a duration relative to now such as -168h (default -168h).`)
+		`Start of the period: RFC 3339, YYYY-MM-DD (UTC), "now" or a duration relative to now such as -168h.`)
 	_ = fs.Lookup(name("from")).Value.Set("-168h")
 	fs.Lookup(name("from")).DefValue = "-168h"
-	fs.Var(&timeValue{t: &p.To, now: now}, name("to"), `End of the period (exclusive), same forms as -from (default now).`)
+	fs.Var(&timeValue{t: &p.To, now: now}, name("to"), `End of the period (exclusive), same forms as -from.`)
 	_ = fs.Lookup(name("to")).Value.Set("now")
 	fs.Lookup(name("to")).DefValue = "now"
 	fs.Int64Var(&p.Region, name("region"), -1, "Only this region (0.1° tile index, as in the region field); -1 means every region.")

@@ -41,7 +41,7 @@ type StackConfig struct {
 // RegisterFlags registers the stack's flags under prefix, e.g. dev.dir,
 // dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions.
 func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
-	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/); kept across runs.")
+	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/, search/); kept across runs.")
 	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
 	fs.StringVar(&c.PostgresAddr, prefix+".postgres-addr", "127.0.0.1:15432", "Listen address of the private Postgres cluster.")
 	fs.StringVar(&c.RedisAddr, prefix+".redis-addr", "127.0.0.1:16379", "Listen address of the private redis-server.")
