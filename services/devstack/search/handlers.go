@@ -560,33 +560,46 @@ func (s *Server) handleSearch(req *request, target string) {
 		req.fail(err)
 		return
 	}
-	list, err := s.resolve(target, req.resolveOpts())
+	e, done, err := s.runSearch(req, target, sr)
 	if err != nil {
 		req.fail(err)
 		return
 	}
-	release, err := acquire(list)
-	if err != nil {
-		req.fail(err)
-		return
-	}
-	defer release()
-	e := &searchExec{s: s, req: sr, indices: list, now: time.Now()}
-	defer e.close()
-	if err := e.prepare(); err != nil {
-		req.fail(err)
-		return
-	}
-	if err := e.execute(req.ctx); err != nil {
-		req.fail(err)
-		return
-	}
+	defer done()
 	out, err := e.respond(time.Since(req.start))
 	if err != nil {
 		req.fail(err)
 		return
 	}
 	req.ok(out)
+}
+
+// runSearch resolves target, holds its indices open and executes sr over
+// them, for _search and _count alike. The caller calls done once it has
+// read the results.
+func (s *Server) runSearch(req *request, target string, sr *searchRequest) (e *searchExec, done func(), err *esError) {
+	list, err := s.resolve(target, req.resolveOpts())
+	if err != nil {
+		return nil, nil, err
+	}
+	release, err := acquire(list)
+	if err != nil {
+		return nil, nil, err
+	}
+	e = &searchExec{s: s, req: sr, indices: list, now: time.Now()}
+	done = func() {
+		e.close()
+		release()
+	}
+	if err := e.prepare(); err != nil {
+		done()
+		return nil, nil, err
+	}
+	if err := e.execute(req.ctx); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return e, done, nil
 }
 
 func (req *request) checkParamSet(allowed map[string]bool) *esError {
@@ -624,32 +637,17 @@ func (s *Server) handleCount(req *request, target string) {
 			return
 		}
 	}
-	list, err := s.resolve(target, req.resolveOpts())
+	e, done, err := s.runSearch(req, target, sr)
 	if err != nil {
 		req.fail(err)
 		return
 	}
-	release, err := acquire(list)
-	if err != nil {
-		req.fail(err)
-		return
-	}
-	defer release()
-	e := &searchExec{s: s, req: sr, indices: list, now: time.Now()}
-	defer e.close()
-	if err := e.prepare(); err != nil {
-		req.fail(err)
-		return
-	}
-	if err := e.execute(req.ctx); err != nil {
-		req.fail(err)
-		return
-	}
+	defer done()
 	var total int64
 	for _, run := range e.runs {
 		total += run.total
 	}
-	n := len(list)
+	n := len(e.indices)
 	req.ok(obj{{"count", total}, {"_shards", obj{{"total", n}, {"successful", n}, {"skipped", 0}, {"failed", 0}}}})
 }
 
