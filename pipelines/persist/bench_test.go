@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,41 +114,14 @@ func benchSink(b *testing.B, env *persisttest.Env) *Sink {
 func benchPipeline(b *testing.B, pg *devstack.Postgres, addr, group string) (float64, [][]runtime.Record) {
 	env := persisttest.NewOn(b, pg, pg, pg)
 	s := benchSink(b, env)
-	var (
-		written atomic.Int64
-		start   atomic.Int64
-		end     = make(chan time.Time, 1)
-		mu      sync.Mutex
-		batches [][]runtime.Record
-	)
-	sink := runtime.SinkFunc(s.Name(), func(ctx context.Context, batch []runtime.Record) error {
-		start.CompareAndSwap(0, time.Now().UnixNano())
-		if err := s.Write(ctx, batch); err != nil {
-			return err
-		}
-		mu.Lock()
-		batches = append(batches, batch)
-		mu.Unlock()
-		if written.Add(int64(len(batch))) == benchRecords {
-			end <- time.Now()
-		}
-		return nil
-	})
 	cfg := sinktest.ConsumerConfig(addr, group)
 	cfg.BatchSize = benchBatch
 	cfg.Linger = 50 * time.Millisecond
-	r := sinktest.Start(b, cfg, sink)
-	var done time.Time
-	select {
-	case done = <-end:
-	case <-time.After(2 * time.Minute):
-		b.Fatalf("only %d of %d records written in 2 minutes", written.Load(), benchRecords)
-	}
-	r.Stop(b)
+	rate, batches := sinktest.MeasurePipeline(b, cfg, s, benchRecords)
 	if got := env.Total(b); got != benchRecords {
 		b.Fatalf("%d rows stored, want %d", got, benchRecords)
 	}
-	return benchRecords / done.Sub(time.Unix(0, start.Load())).Seconds(), batches
+	return rate, batches
 }
 
 // writeFunc writes rows of one database in one transaction.

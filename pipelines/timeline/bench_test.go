@@ -1,10 +1,7 @@
 package timeline_test
 
 import (
-	"context"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,39 +66,12 @@ func BenchmarkTimeline(b *testing.B) {
 // last record written, and returns the batches the sink got.
 func benchPipeline(b *testing.B, addr, group string) (float64, [][]runtime.Record) {
 	e := newEnv(b, timeline.Config{})
-	var (
-		written atomic.Int64
-		start   atomic.Int64
-		end     = make(chan time.Time, 1)
-		mu      sync.Mutex
-		batches [][]runtime.Record
-	)
-	sink := runtime.SinkFunc(e.sink.Name(), func(ctx context.Context, batch []runtime.Record) error {
-		start.CompareAndSwap(0, time.Now().UnixNano())
-		if err := e.sink.Write(ctx, batch); err != nil {
-			return err
-		}
-		mu.Lock()
-		batches = append(batches, batch)
-		mu.Unlock()
-		if written.Add(int64(len(batch))) == benchRecords {
-			end <- time.Now()
-		}
-		return nil
-	})
 	cfg := sinktest.ConsumerConfig(addr, group)
 	cfg.BatchSize = runtime.DefaultBatchSize
 	cfg.Linger = runtime.DefaultLinger
-	c := sinktest.Start(b, cfg, sink)
-	var last time.Time
-	select {
-	case last = <-end:
-	case <-time.After(2 * time.Minute):
-		b.Fatalf("pipeline wrote %d of %d records in 2 minutes", written.Load(), benchRecords)
-	}
-	c.Stop(b)
+	rate, batches := sinktest.MeasurePipeline(b, cfg, e.sink, benchRecords)
 	e.drop(b)
-	return benchRecords / last.Sub(time.Unix(0, start.Load())).Seconds(), batches
+	return rate, batches
 }
 
 // benchBare issues the same script calls, in the same batches, as the
