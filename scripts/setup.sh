@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that tests and dev mode need: redis-server,
-# kcat, Postgres 15 and its PL/Proxy extension. Quiet no-op when they are all
+# redis-tools (redis-cli, which creates the tests' Redis Clusters), kcat,
+# Postgres 15 and its PL/Proxy extension. Quiet no-op when they are all
 # present. Called by `make setup` (which `make run`, `make test` and
 # `make bench` depend on).
 #
@@ -16,6 +17,7 @@ PLPROXY_CONTROL=/usr/share/postgresql/15/extension/plproxy.control
 # never upgraded behind a running server's back.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 [[ -x "${PG_BIN}/postgres" && -x "${PG_BIN}/initdb" ]] || missing+=(postgresql-15)
 [[ -f "${PLPROXY_CONTROL}" ]] || missing+=(postgresql-15-plproxy)
@@ -47,7 +49,7 @@ fi
 for f in "${PG_BIN}/postgres" "${PG_BIN}/initdb" "${PLPROXY_CONTROL}"; do
   [[ -e "$f" ]] || { echo "setup: $f still missing after install" >&2; exit 1; }
 done
-for c in redis-server kcat; do
+for c in redis-server redis-cli kcat; do
   command -v "$c" >/dev/null 2>&1 || { echo "setup: $c still missing after install" >&2; exit 1; }
 done
 echo "setup: done" >&2

@@ -14,6 +14,9 @@ var (
 	ErrNoRedis = errors.New("timeline redis address not set")
 	ErrKeep    = errors.New("timeline keep must not be negative")
 	ErrTTL     = errors.New("timeline ttl must not be negative")
+	// ErrPrefix: a brace in the prefix would become the Redis Cluster hash
+	// tag and split a locality's keys over slots.
+	ErrPrefix = errors.New("timeline key prefix must not contain { or }")
 )
 
 // Defaults of Keep and TTL, used by the flags and for zero values.
@@ -79,6 +82,8 @@ func (c *Config) Validate() error {
 		return ErrKeep
 	case c.TTL < 0:
 		return ErrTTL
+	case strings.ContainsAny(c.Prefix, "{}"):
+		return ErrPrefix
 	}
 	return nil
 }

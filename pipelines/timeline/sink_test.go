@@ -33,9 +33,10 @@ const (
 
 var t0 = time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
 
-// env is one test's sink over the shared redis-server, under its own prefix.
+// env is one test's sink over the shared redis-server, under its own prefix
+// (or over a private cluster: clusterEnv).
 type env struct {
-	client *redis.Client
+	client redis.UniversalClient
 	prefix string
 	sink   *timeline.Sink
 }

@@ -34,11 +34,16 @@ type RedisConfig struct {
 	// flushes the append-only file) when this process dies, so a test
 	// binary that panics leaves nothing running. Dev mode leaves it off.
 	DieWithParent bool
+	// Extra are more redis-server command-line options, such as
+	// {"--cluster-enabled", "yes"}. They come after the defaults, so they
+	// override them (redis-server keeps the last value of an option).
+	Extra []string
 }
 
 // Redis is a private redis-server run as a child process: no password,
 // bound to the configured host, append-only file on (fsync every second),
-// RDB snapshots off. The methods are safe for concurrent use.
+// RDB snapshots off, unless RedisConfig.Extra says otherwise. The methods
+// are safe for concurrent use.
 type Redis struct {
 	cfg  RedisConfig
 	bin  string
@@ -137,6 +142,7 @@ func (r *Redis) startLocked(ctx context.Context) error {
 		"--save", "",
 		"--protected-mode", "no",
 	)
+	cmd.Args = append(cmd.Args, r.cfg.Extra...)
 	cmd.Dir = r.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf

@@ -42,7 +42,7 @@ type env struct {
 	client *grpc.ClientConn
 	qc     canvassv1.QueryServiceClient
 	sink   *timeline.Sink
-	rdb    *redis.Client // the sink's and the test's own client
+	rdb    redis.UniversalClient // the sink's and the test's own client
 	prefix string
 	addr   string // gRPC address
 	// rounds counts the page reads (pipelined round trips) of the service.
@@ -68,6 +68,13 @@ func newEnv(t testing.TB, mutate func(*query.Config)) *env {
 // newEnvOn starts the service on the redis-server at addr.
 func newEnvOn(t testing.TB, addr, prefix string, mutate func(*query.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: addr}) }, prefix, mutate)
+}
+
+// newEnvWith starts the service on the Redis that newClient's clients
+// reach (one for the sink and the test, one for the service).
+func newEnvWith(t testing.TB, newClient func() redis.UniversalClient, prefix string, mutate func(*query.Config)) *env {
+	t.Helper()
 	e := &env{prefix: prefix}
 	cfg := defaultConfig()
 	cfg.Prefix = prefix
@@ -75,7 +82,7 @@ func newEnvOn(t testing.TB, addr, prefix string, mutate func(*query.Config)) *en
 		mutate(&cfg)
 	}
 
-	e.rdb = redis.NewClient(&redis.Options{Addr: addr})
+	e.rdb = newClient()
 	t.Cleanup(func() { _ = e.rdb.Close() })
 	sink, err := timeline.New(e.rdb, timeline.Config{Prefix: prefix})
 	if err != nil {
@@ -83,7 +90,7 @@ func newEnvOn(t testing.TB, addr, prefix string, mutate func(*query.Config)) *en
 	}
 	e.sink = sink
 
-	svcClient := redis.NewClient(&redis.Options{Addr: addr})
+	svcClient := newClient()
 	svcClient.AddHook(countingHook{e})
 	t.Cleanup(func() { _ = svcClient.Close() })
 	svc, err := query.New(svcClient, cfg)

@@ -9,7 +9,8 @@
 // share one server per test binary, started lazily on first use; each test
 // takes its own key prefix (KeyPrefix) or database (Database) and cleans up
 // with t.Cleanup. NewRedis and NewPostgres give a private server to tests
-// that stop and start it. Everything that starts a process is skipped under
+// that stop and start it; RedisCluster gives a private Redis Cluster.
+// Everything that starts a process is skipped under
 // -short.
 package devtest
 
@@ -19,7 +20,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -217,6 +220,109 @@ func NewRedis(t testing.TB) *devstack.Redis {
 		}
 	})
 	return r
+}
+
+// ClusterMasters is the number of masters of the clusters RedisCluster
+// starts: enough for a batch's keys to spread over several nodes.
+const ClusterMasters = 3
+
+// RedisCLIBin is the redis-cli binary (Debian's redis-tools, a dependency
+// of redis-server) that creates the clusters.
+const RedisCLIBin = "redis-cli"
+
+// RedisCluster starts a private Redis Cluster of ClusterMasters masters (no
+// replicas, append-only file off; temporary directories, free ports) for t
+// and returns its nodes' addresses, for a cluster client (more than one
+// address). Every slot is served when it returns. The nodes are stopped
+// when t ends, and by the kernel if the test binary dies. It skips the test
+// under -short.
+func RedisCluster(t testing.TB) []string {
+	t.Helper()
+	skipShort(t, "a redis cluster")
+	cli, err := exec.LookPath(RedisCLIBin)
+	if err != nil {
+		fatal(t, "redis-cli", fmt.Errorf("finding redis-cli: %w", devstack.ErrNotInstalled))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	dir := t.TempDir()
+	addrs := make([]string, ClusterMasters)
+	for i := range addrs {
+		// The cluster bus listens on port+10000 unless told otherwise,
+		// which may be taken or past 65535 for a free port.
+		busPort, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodeDir := filepath.Join(dir, "node"+strconv.Itoa(i))
+		r, err := devstack.StartRedis(ctx, devstack.RedisConfig{
+			DataDir: nodeDir, Addr: "127.0.0.1:0", Logger: logger, DieWithParent: true,
+			Extra: []string{
+				"--cluster-enabled", "yes",
+				"--cluster-config-file", filepath.Join(nodeDir, "nodes.conf"),
+				"--cluster-port", strconv.Itoa(busPort),
+				"--appendonly", "no",
+			},
+		})
+		if err != nil {
+			fatal(t, "redis-server (cluster node)", err)
+		}
+		t.Cleanup(func() {
+			if err := r.Close(); err != nil {
+				t.Errorf("closing redis cluster node: %v", err)
+			}
+		})
+		addrs[i] = r.Addr()
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("creating redis cluster (%s): %v\n%s", strings.Join(addrs, " "), err, out)
+	}
+	if err := waitClusterOK(ctx, addrs); err != nil {
+		t.Fatalf("starting redis cluster (%s): %v", strings.Join(addrs, " "), err)
+	}
+	return addrs
+}
+
+// waitClusterOK waits until every node of addrs reports cluster_state:ok
+// and knows all the others.
+func waitClusterOK(ctx context.Context, addrs []string) error {
+	want := "cluster_known_nodes:" + strconv.Itoa(len(addrs))
+	for _, addr := range addrs {
+		c := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1})
+		err := func() error {
+			defer c.Close()
+			for {
+				info, err := c.ClusterInfo(ctx).Result()
+				if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, want) {
+					return nil
+				}
+				if err == nil {
+					err = errors.New("cluster state not ok yet")
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("waiting for node %s to join (last: %v): %w", addr, err, ctx.Err())
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // KeyPrefix returns a key prefix unique to t, such as "t1a2b3c4d7:", for

@@ -210,3 +210,40 @@ func TestPrivateServers(t *testing.T) {
 	}
 	Database(t, pg, "")
 }
+
+func TestRedisCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addrs := RedisCluster(t)
+	if len(addrs) != ClusterMasters {
+		t.Fatalf("%d addresses, want %d", len(addrs), ClusterMasters)
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer c.Close()
+	for i := range 100 {
+		if err := c.Set(ctx, "k"+strconv.Itoa(i), i, 0).Err(); err != nil {
+			t.Fatalf("SET through the cluster client: %v", err)
+		}
+	}
+	// Every master holds some of the keys: the slots are spread.
+	var mu sync.Mutex
+	sizes := map[string]int64{}
+	err := c.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		n, err := node.DBSize(ctx).Result()
+		mu.Lock()
+		sizes[node.Options().Addr] = n
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sizes) != ClusterMasters {
+		t.Fatalf("masters %v, want %d", sizes, ClusterMasters)
+	}
+	for addr, n := range sizes {
+		if n == 0 {
+			t.Errorf("master %s holds no keys: %v", addr, sizes)
+		}
+	}
+}
