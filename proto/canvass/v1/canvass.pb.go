@@ -144,6 +144,9 @@ const (
 	Status_STATUS_ACCEPTED    Status = 1
 	Status_STATUS_DUPLICATE   Status = 2
 	Status_STATUS_REJECTED    Status = 3
+	// STATUS_CONFLICT: the id was already accepted with other content; reason
+	// and conflicting_fields name the fields that differ. Nothing is stored.
+	Status_STATUS_CONFLICT Status = 4
 )
 
 // Enum value maps for Status.
@@ -153,12 +156,14 @@ var (
 		1: "STATUS_ACCEPTED",
 		2: "STATUS_DUPLICATE",
 		3: "STATUS_REJECTED",
+		4: "STATUS_CONFLICT",
 	}
 	Status_value = map[string]int32{
 		"STATUS_UNSPECIFIED": 0,
 		"STATUS_ACCEPTED":    1,
 		"STATUS_DUPLICATE":   2,
 		"STATUS_REJECTED":    3,
+		"STATUS_CONFLICT":    4,
 	}
 )
 
@@ -244,14 +249,17 @@ func (x *Location) GetLongitude() float64 {
 
 // Visit records that a dwelling was knocked.
 type Visit struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	DwellingId    string                 `protobuf:"bytes,2,opt,name=dwelling_id,json=dwellingId,proto3" json:"dwelling_id,omitempty"`
-	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	Location      *Location              `protobuf:"bytes,4,opt,name=location,proto3" json:"location,omitempty"`
-	CanvasserId   string                 `protobuf:"bytes,5,opt,name=canvasser_id,json=canvasserId,proto3" json:"canvasser_id,omitempty"`
-	VisitedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=visited_at,json=visitedAt,proto3" json:"visited_at,omitempty"`
-	Outcome       Outcome                `protobuf:"varint,7,opt,name=outcome,proto3,enum=canvass.v1.Outcome" json:"outcome,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DwellingId  string                 `protobuf:"bytes,2,opt,name=dwelling_id,json=dwellingId,proto3" json:"dwelling_id,omitempty"`
+	Address     string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Location    *Location              `protobuf:"bytes,4,opt,name=location,proto3" json:"location,omitempty"`
+	CanvasserId string                 `protobuf:"bytes,5,opt,name=canvasser_id,json=canvasserId,proto3" json:"canvasser_id,omitempty"`
+	VisitedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=visited_at,json=visitedAt,proto3" json:"visited_at,omitempty"`
+	Outcome     Outcome                `protobuf:"varint,7,opt,name=outcome,proto3,enum=canvass.v1.Outcome" json:"outcome,omitempty"`
+	// replaces_id names the visit this one corrects (a UUID); empty when it
+	// corrects nothing. The replaced visit stops counting everywhere.
+	ReplacesId    string `protobuf:"bytes,8,opt,name=replaces_id,json=replacesId,proto3" json:"replaces_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -335,16 +343,26 @@ func (x *Visit) GetOutcome() Outcome {
 	return Outcome_OUTCOME_UNSPECIFIED
 }
 
+func (x *Visit) GetReplacesId() string {
+	if x != nil {
+		return x.ReplacesId
+	}
+	return ""
+}
+
 // Intention records what an elector said they will vote.
 type Intention struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	VisitId       string                 `protobuf:"bytes,2,opt,name=visit_id,json=visitId,proto3" json:"visit_id,omitempty"`
-	ElectorId     string                 `protobuf:"bytes,3,opt,name=elector_id,json=electorId,proto3" json:"elector_id,omitempty"`
-	Option        string                 `protobuf:"bytes,4,opt,name=option,proto3" json:"option,omitempty"`
-	Location      *Location              `protobuf:"bytes,5,opt,name=location,proto3" json:"location,omitempty"`
-	RecordedAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
-	CanvasserId   string                 `protobuf:"bytes,7,opt,name=canvasser_id,json=canvasserId,proto3" json:"canvasser_id,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	VisitId     string                 `protobuf:"bytes,2,opt,name=visit_id,json=visitId,proto3" json:"visit_id,omitempty"`
+	ElectorId   string                 `protobuf:"bytes,3,opt,name=elector_id,json=electorId,proto3" json:"elector_id,omitempty"`
+	Option      string                 `protobuf:"bytes,4,opt,name=option,proto3" json:"option,omitempty"`
+	Location    *Location              `protobuf:"bytes,5,opt,name=location,proto3" json:"location,omitempty"`
+	RecordedAt  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	CanvasserId string                 `protobuf:"bytes,7,opt,name=canvasser_id,json=canvasserId,proto3" json:"canvasser_id,omitempty"`
+	// replaces_id names the intention this one corrects (a UUID); empty when
+	// it corrects nothing. The replaced intention stops counting everywhere.
+	ReplacesId    string `protobuf:"bytes,8,opt,name=replaces_id,json=replacesId,proto3" json:"replaces_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -428,17 +446,28 @@ func (x *Intention) GetCanvasserId() string {
 	return ""
 }
 
+func (x *Intention) GetReplacesId() string {
+	if x != nil {
+		return x.ReplacesId
+	}
+	return ""
+}
+
 // FollowupRequest records that an elector wants to hear more about an issue.
 type FollowupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	VisitId       string                 `protobuf:"bytes,2,opt,name=visit_id,json=visitId,proto3" json:"visit_id,omitempty"`
-	ElectorId     string                 `protobuf:"bytes,3,opt,name=elector_id,json=electorId,proto3" json:"elector_id,omitempty"`
-	Issue         string                 `protobuf:"bytes,4,opt,name=issue,proto3" json:"issue,omitempty"`
-	Method        Method                 `protobuf:"varint,5,opt,name=method,proto3,enum=canvass.v1.Method" json:"method,omitempty"`
-	Location      *Location              `protobuf:"bytes,6,opt,name=location,proto3" json:"location,omitempty"`
-	RecordedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
-	CanvasserId   string                 `protobuf:"bytes,8,opt,name=canvasser_id,json=canvasserId,proto3" json:"canvasser_id,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	VisitId     string                 `protobuf:"bytes,2,opt,name=visit_id,json=visitId,proto3" json:"visit_id,omitempty"`
+	ElectorId   string                 `protobuf:"bytes,3,opt,name=elector_id,json=electorId,proto3" json:"elector_id,omitempty"`
+	Issue       string                 `protobuf:"bytes,4,opt,name=issue,proto3" json:"issue,omitempty"`
+	Method      Method                 `protobuf:"varint,5,opt,name=method,proto3,enum=canvass.v1.Method" json:"method,omitempty"`
+	Location    *Location              `protobuf:"bytes,6,opt,name=location,proto3" json:"location,omitempty"`
+	RecordedAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	CanvasserId string                 `protobuf:"bytes,8,opt,name=canvasser_id,json=canvasserId,proto3" json:"canvasser_id,omitempty"`
+	// replaces_id names the follow-up request this one corrects (a UUID);
+	// empty when it corrects nothing. The replaced request stops counting
+	// everywhere.
+	ReplacesId    string `protobuf:"bytes,9,opt,name=replaces_id,json=replacesId,proto3" json:"replaces_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -529,6 +558,13 @@ func (x *FollowupRequest) GetCanvasserId() string {
 	return ""
 }
 
+func (x *FollowupRequest) GetReplacesId() string {
+	if x != nil {
+		return x.ReplacesId
+	}
+	return ""
+}
+
 // SubmitRequest is one batch of records from one client.
 type SubmitRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -598,9 +634,12 @@ type RecordResult struct {
 	// reason names the field and what is wrong with it when status is REJECTED.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// locality is the record's locality index when it could be computed.
-	Locality      int64 `protobuf:"varint,4,opt,name=locality,proto3" json:"locality,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Locality int64 `protobuf:"varint,4,opt,name=locality,proto3" json:"locality,omitempty"`
+	// conflicting_fields names, by their proto names, the fields that differ
+	// from the accepted record when status is CONFLICT.
+	ConflictingFields []string `protobuf:"bytes,5,rep,name=conflicting_fields,json=conflictingFields,proto3" json:"conflicting_fields,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RecordResult) Reset() {
@@ -661,6 +700,13 @@ func (x *RecordResult) GetLocality() int64 {
 	return 0
 }
 
+func (x *RecordResult) GetConflictingFields() []string {
+	if x != nil {
+		return x.ConflictingFields
+	}
+	return nil
+}
+
 // SubmitResponse holds one result per submitted record, in request order:
 // visits, then intentions, then follow-ups.
 type SubmitResponse struct {
@@ -715,7 +761,7 @@ const file_canvass_v1_canvass_proto_rawDesc = "" +
 	"canvass.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n" +
 	"\bLocation\x12\x1a\n" +
 	"\blatitude\x18\x01 \x01(\x01R\blatitude\x12\x1c\n" +
-	"\tlongitude\x18\x02 \x01(\x01R\tlongitude\"\x91\x02\n" +
+	"\tlongitude\x18\x02 \x01(\x01R\tlongitude\"\xb2\x02\n" +
 	"\x05Visit\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vdwelling_id\x18\x02 \x01(\tR\n" +
@@ -725,7 +771,9 @@ const file_canvass_v1_canvass_proto_rawDesc = "" +
 	"\fcanvasser_id\x18\x05 \x01(\tR\vcanvasserId\x129\n" +
 	"\n" +
 	"visited_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tvisitedAt\x12-\n" +
-	"\aoutcome\x18\a \x01(\x0e2\x13.canvass.v1.OutcomeR\aoutcome\"\xff\x01\n" +
+	"\aoutcome\x18\a \x01(\x0e2\x13.canvass.v1.OutcomeR\aoutcome\x12\x1f\n" +
+	"\vreplaces_id\x18\b \x01(\tR\n" +
+	"replacesId\"\xa0\x02\n" +
 	"\tIntention\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bvisit_id\x18\x02 \x01(\tR\avisitId\x12\x1d\n" +
@@ -735,7 +783,9 @@ const file_canvass_v1_canvass_proto_rawDesc = "" +
 	"\blocation\x18\x05 \x01(\v2\x14.canvass.v1.LocationR\blocation\x12;\n" +
 	"\vrecorded_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"recordedAt\x12!\n" +
-	"\fcanvasser_id\x18\a \x01(\tR\vcanvasserId\"\xaf\x02\n" +
+	"\fcanvasser_id\x18\a \x01(\tR\vcanvasserId\x12\x1f\n" +
+	"\vreplaces_id\x18\b \x01(\tR\n" +
+	"replacesId\"\xd0\x02\n" +
 	"\x0fFollowupRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bvisit_id\x18\x02 \x01(\tR\avisitId\x12\x1d\n" +
@@ -746,18 +796,21 @@ const file_canvass_v1_canvass_proto_rawDesc = "" +
 	"\blocation\x18\x06 \x01(\v2\x14.canvass.v1.LocationR\blocation\x12;\n" +
 	"\vrecorded_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"recordedAt\x12!\n" +
-	"\fcanvasser_id\x18\b \x01(\tR\vcanvasserId\"\xac\x01\n" +
+	"\fcanvasser_id\x18\b \x01(\tR\vcanvasserId\x12\x1f\n" +
+	"\vreplaces_id\x18\t \x01(\tR\n" +
+	"replacesId\"\xac\x01\n" +
 	"\rSubmitRequest\x12)\n" +
 	"\x06visits\x18\x01 \x03(\v2\x11.canvass.v1.VisitR\x06visits\x125\n" +
 	"\n" +
 	"intentions\x18\x02 \x03(\v2\x15.canvass.v1.IntentionR\n" +
 	"intentions\x129\n" +
-	"\tfollowups\x18\x03 \x03(\v2\x1b.canvass.v1.FollowupRequestR\tfollowups\"~\n" +
+	"\tfollowups\x18\x03 \x03(\v2\x1b.canvass.v1.FollowupRequestR\tfollowups\"\xad\x01\n" +
 	"\fRecordResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x12.canvass.v1.StatusR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
-	"\blocality\x18\x04 \x01(\x03R\blocality\"D\n" +
+	"\blocality\x18\x04 \x01(\x03R\blocality\x12-\n" +
+	"\x12conflicting_fields\x18\x05 \x03(\tR\x11conflictingFields\"D\n" +
 	"\x0eSubmitResponse\x122\n" +
 	"\aresults\x18\x01 \x03(\v2\x18.canvass.v1.RecordResultR\aresults*w\n" +
 	"\aOutcome\x12\x17\n" +
@@ -770,12 +823,13 @@ const file_canvass_v1_canvass_proto_rawDesc = "" +
 	"\x12METHOD_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10METHOD_TELEPHONE\x10\x01\x12\x10\n" +
 	"\fMETHOD_EMAIL\x10\x02\x12\x0f\n" +
-	"\vMETHOD_POST\x10\x03*`\n" +
+	"\vMETHOD_POST\x10\x03*u\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSTATUS_ACCEPTED\x10\x01\x12\x14\n" +
 	"\x10STATUS_DUPLICATE\x10\x02\x12\x13\n" +
-	"\x0fSTATUS_REJECTED\x10\x032P\n" +
+	"\x0fSTATUS_REJECTED\x10\x03\x12\x13\n" +
+	"\x0fSTATUS_CONFLICT\x10\x042P\n" +
 	"\rIngestService\x12?\n" +
 	"\x06Submit\x12\x19.canvass.v1.SubmitRequest\x1a\x1a.canvass.v1.SubmitResponseB7Z5github.com/chapper/chapper/proto/canvass/v1;canvassv1b\x06proto3"
 
