@@ -50,8 +50,9 @@ type Sink interface {
 	// Write returns only when the batch is safe; the runtime commits after.
 	// Write must be idempotent: after a crash the runtime re-delivers, so a
 	// record can arrive twice. A *PermanentError says which records can never
-	// be written (they are dead-lettered, the rest counts as written); any
-	// other error is transient and the whole batch is retried.
+	// be written (they are dead-lettered, the rest counts as written); a
+	// *FatalError (see Fatal) says no retry can help and stops the consumer;
+	// any other error is transient and the whole batch is retried.
 	Write(ctx context.Context, batch []Record) error
 }
 
@@ -79,6 +80,28 @@ func (e *PermanentError) Error() string {
 	}
 	return b.String()
 }
+
+// FatalError is a sink error that no retry can help (a missing table or
+// template, a key of the wrong type): the consumer stops fetching and
+// committing, reports the cause on /readyz and leaves the records in Kafka
+// until an operator repairs the store and restarts it. The process and its
+// other parts keep running.
+type FatalError struct {
+	Err error
+}
+
+// Fatal wraps err as a *FatalError. Fatal(nil) is nil.
+func Fatal(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &FatalError{Err: err}
+}
+
+func (e *FatalError) Error() string { return "fatal: " + e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *FatalError) Unwrap() error { return e.Err }
 
 // SinkFunc returns a Sink named name whose Write calls write.
 func SinkFunc(name string, write func(ctx context.Context, batch []Record) error) Sink {
