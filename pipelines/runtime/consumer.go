@@ -5,15 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
-
-	"github.com/chapper/chapper/proto/topic"
 )
 
 // Errors returned by Ready and Run.
@@ -41,10 +38,7 @@ type Consumer struct {
 
 	started atomic.Bool
 	joined  atomic.Bool
-	failure atomic.Pointer[error] // set while writes keep failing
-
-	records, batches, deadLetters, sinkErrors interface{ Add(float64) }
-	batchSeconds                              interface{ Observe(float64) }
+	h       *batchHandler
 }
 
 // New returns a consumer feeding sink. It validates cfg and starts nothing;
@@ -57,17 +51,8 @@ func New(cfg Config, sink Sink) (*Consumer, error) {
 		return nil, errors.New("consumer needs a sink")
 	}
 	cfg = cfg.withDefaults()
-	name := sink.Name()
-	return &Consumer{
-		cfg:          cfg,
-		sink:         sink,
-		log:          cfg.Logger.With("sink", name, "group", cfg.GroupID),
-		records:      recordsTotal.WithLabelValues(name),
-		batches:      batchesTotal.WithLabelValues(name),
-		deadLetters:  deadLetterTotal.WithLabelValues(name),
-		sinkErrors:   sinkErrorsTotal.WithLabelValues(name),
-		batchSeconds: batchSeconds.WithLabelValues(name),
-	}, nil
+	log := cfg.Logger.With("sink", sink.Name(), "group", cfg.GroupID)
+	return &Consumer{cfg: cfg, sink: sink, log: log, h: newBatchHandler(cfg, sink, log)}, nil
 }
 
 // Ready returns nil once the consumer joined its group and while its writes
@@ -77,10 +62,7 @@ func (c *Consumer) Ready() error {
 	if !c.joined.Load() {
 		return ErrNotJoined
 	}
-	if err := c.failure.Load(); err != nil {
-		return *err
-	}
-	return nil
+	return c.h.failing()
 }
 
 // Run consumes until ctx is done, then finishes the batch in hand (writing
@@ -100,28 +82,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return err
 	}
 	reader := kafka.NewReader(c.readerConfig())
-	writer := &kafka.Writer{
-		Addr:         kafka.TCP(c.cfg.Brokers...),
-		Topic:        c.cfg.DeadLetterTopic,
-		Balancer:     &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll,
-		BatchSize:    c.cfg.BatchSize,
-		BatchTimeout: 5 * time.Millisecond,
-		ErrorLogger:  kafka.LoggerFunc(c.kafkaError),
-	}
 	defer func() {
 		c.joined.Store(false)
 		if err := reader.Close(); err != nil {
 			c.log.Warn("closing kafka reader", "err", err)
 		}
-		if err := writer.Close(); err != nil {
-			c.log.Warn("closing dead-letter writer", "err", err)
-		}
+		c.h.close()
 	}()
 	c.log.Info("consumer starting", "topics", c.cfg.Topics, "batch_size", c.cfg.BatchSize, "linger", c.cfg.Linger)
 	for ctx.Err() == nil {
 		if msgs := c.fetch(ctx, reader); len(msgs) > 0 {
-			c.handle(ctx, reader, writer, msgs)
+			c.handle(ctx, reader, msgs)
 		}
 	}
 	c.log.Info("consumer stopped")
@@ -234,55 +205,17 @@ func (c *Consumer) fetch(ctx context.Context, r *kafka.Reader) []kafka.Message {
 	return msgs
 }
 
-// handle decodes, writes, dead-letters and commits one batch. It returns
-// without committing only when ctx is done while the batch cannot be
-// written; the batch is then re-delivered to whoever reads the partition
-// next.
-func (c *Consumer) handle(ctx context.Context, r *kafka.Reader, w *kafka.Writer, msgs []kafka.Message) {
+// handle writes, dead-letters and commits one batch. It returns without
+// committing when ctx is done while the batch cannot be written (it is then
+// re-delivered to whoever reads the partition next).
+func (c *Consumer) handle(ctx context.Context, r *kafka.Reader, msgs []kafka.Message) {
 	start := time.Now()
-	// The batch in hand is finished after ctx is done, within DrainTimeout.
-	wctx, cancel := c.drainContext(ctx)
+	res, err := c.h.process(ctx, msgs, nil)
+	if err != nil {
+		return
+	}
+	wctx, cancel := drainContext(ctx, c.cfg.DrainTimeout)
 	defer cancel()
-
-	records := make([]Record, 0, len(msgs))
-	var dead []Failure
-	for _, m := range msgs {
-		rec := recordOf(m)
-		msg, err := topic.Decode(m.Topic, m.Value)
-		if err != nil {
-			dead = append(dead, Failure{Record: rec, Reason: err})
-			continue
-		}
-		rec.Message = msg
-		records = append(records, rec)
-	}
-	written := len(records)
-	if len(records) > 0 {
-		failures, ok := c.retry(ctx, "writing batch to sink", func() error {
-			return c.sink.Write(wctx, records)
-		})
-		if !ok {
-			return
-		}
-		dead = append(dead, failures...)
-		written -= len(failures)
-	}
-	if len(dead) > 0 {
-		out := make([]kafka.Message, len(dead))
-		for i, f := range dead {
-			out[i] = c.deadLetter(f)
-		}
-		if _, ok := c.retry(ctx, "producing to dead-letter topic", func() error {
-			return w.WriteMessages(wctx, out...)
-		}); !ok {
-			return
-		}
-		c.deadLetters.Add(float64(len(dead)))
-		c.log.Warn("dead-lettered records", "count", len(dead), "topic", c.cfg.DeadLetterTopic,
-			"first_origin", fmt.Sprintf("%s/%d@%d", dead[0].Record.Topic, dead[0].Record.Partition, dead[0].Record.Offset),
-			"first_error", dead[0].Reason)
-	}
-
 	// Commit after the write: a crash before this line re-delivers the
 	// batch, and the sink is idempotent.
 	last := lastPerPartition(msgs)
@@ -290,141 +223,9 @@ func (c *Consumer) handle(ctx context.Context, r *kafka.Reader, w *kafka.Writer,
 		c.log.Warn("committing offsets; the batch will be delivered again", "records", len(msgs), "err", err)
 		return
 	}
-	c.records.Add(float64(written))
-	c.batches.Add(1)
-	c.batchSeconds.Observe(time.Since(start).Seconds())
+	c.h.account(res, start)
 	name := c.sink.Name()
 	for _, m := range last {
 		lagRecords.WithLabelValues(name, m.Topic, strconv.Itoa(m.Partition)).Set(float64(max(m.HighWaterMark-m.Offset-1, 0)))
-	}
-}
-
-// retry runs op until it succeeds or fails permanently (a *PermanentError,
-// whose failures it returns), backing off exponentially with jitter between
-// transient failures. It returns ok = false, without retrying further, when
-// ctx is done after a transient failure.
-func (c *Consumer) retry(ctx context.Context, what string, op func() error) (failures []Failure, ok bool) {
-	backoff := c.cfg.MinBackoff
-	for attempt := 1; ; attempt++ {
-		err := op()
-		var perm *PermanentError
-		if err == nil || errors.As(err, &perm) {
-			if c.failure.Swap(nil) != nil {
-				c.log.Info("write recovered", "what", what, "attempts", attempt)
-			}
-			if perm != nil {
-				failures = perm.Failures
-			}
-			return failures, true
-		}
-		c.sinkErrors.Add(1)
-		err = fmt.Errorf("%s: %w", what, err)
-		c.failure.Store(&err)
-		if ctx.Err() != nil {
-			c.log.Warn("batch left uncommitted at shutdown", "err", err)
-			return nil, false
-		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn("transient failure, retrying the batch", "attempt", attempt, "retry_in", wait, "err", err)
-		if !sleep(ctx, wait) {
-			c.log.Warn("batch left uncommitted at shutdown", "err", err)
-			return nil, false
-		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
-	}
-}
-
-// drainContext returns a context for writing the batch in hand: it is not
-// cancelled with ctx but DrainTimeout after ctx is done.
-func (c *Consumer) drainContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, func() {
-		t := time.NewTimer(c.cfg.DrainTimeout)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			cancel()
-		case <-wctx.Done():
-		}
-	})
-	return wctx, func() {
-		stop()
-		cancel()
-	}
-}
-
-// deadLetter returns the dead-letter message of a failure: the original key,
-// value and headers plus the origin and the reason.
-func (c *Consumer) deadLetter(f Failure) kafka.Message {
-	added := []kafka.Header{
-		{Key: topic.HeaderOriginTopic, Value: []byte(f.Record.Topic)},
-		{Key: topic.HeaderOriginPartition, Value: []byte(strconv.Itoa(f.Record.Partition))},
-		{Key: topic.HeaderOriginOffset, Value: []byte(strconv.FormatInt(f.Record.Offset, 10))},
-		{Key: topic.HeaderSink, Value: []byte(c.sink.Name())},
-		{Key: topic.HeaderError, Value: []byte(f.Reason.Error())},
-	}
-	headers := make([]kafka.Header, 0, len(f.Record.Headers)+len(added))
-	for _, h := range f.Record.Headers {
-		// A re-driven record that fails again carries its new origin only.
-		switch h.Key {
-		case topic.HeaderOriginTopic, topic.HeaderOriginPartition, topic.HeaderOriginOffset, topic.HeaderSink, topic.HeaderError:
-			continue
-		}
-		headers = append(headers, kafka.Header{Key: h.Key, Value: h.Value})
-	}
-	return kafka.Message{Key: f.Record.Key, Value: f.Record.Value, Headers: append(headers, added...)}
-}
-
-func recordOf(m kafka.Message) Record {
-	var headers []Header
-	if len(m.Headers) > 0 {
-		headers = make([]Header, len(m.Headers))
-		for i, h := range m.Headers {
-			headers[i] = Header{Key: h.Key, Value: h.Value}
-		}
-	}
-	return Record{
-		Topic:     m.Topic,
-		Partition: m.Partition,
-		Offset:    m.Offset,
-		Key:       m.Key,
-		Headers:   headers,
-		Value:     m.Value,
-		Time:      m.Time,
-	}
-}
-
-// lastPerPartition returns the last message of each topic partition in msgs;
-// committing it commits every earlier one.
-func lastPerPartition(msgs []kafka.Message) []kafka.Message {
-	type tp struct {
-		topic     string
-		partition int
-	}
-	index := map[tp]int{}
-	var last []kafka.Message
-	for _, m := range msgs {
-		k := tp{m.Topic, m.Partition}
-		if i, ok := index[k]; ok {
-			if m.Offset > last[i].Offset {
-				last[i] = m
-			}
-			continue
-		}
-		index[k] = len(last)
-		last = append(last, m)
-	}
-	return last
-}
-
-// sleep waits d or until ctx is done; it reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

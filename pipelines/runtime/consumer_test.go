@@ -31,10 +31,21 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 type memSink struct {
 	name string
 	mu   sync.Mutex
-	ids  map[string]bool
+	ids  map[string]proto.Message
 }
 
-func newMemSink(name string) *memSink { return &memSink{name: name, ids: map[string]bool{}} }
+func newMemSink(name string) *memSink { return &memSink{name: name, ids: map[string]proto.Message{}} }
+
+// records returns every record the sink holds.
+func (s *memSink) records() []proto.Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]proto.Message, 0, len(s.ids))
+	for _, m := range s.ids {
+		out = append(out, m)
+	}
+	return out
+}
 
 func (s *memSink) Name() string { return s.name }
 
@@ -48,7 +59,7 @@ func (s *memSink) Write(_ context.Context, batch []runtime.Record) error {
 			perm.Failures = append(perm.Failures, runtime.Failure{Record: r, Reason: errors.New("poison record")})
 			continue
 		}
-		s.ids[meta.ID] = true
+		s.ids[meta.ID] = r.Message
 	}
 	if len(perm.Failures) > 0 {
 		return &perm
@@ -60,7 +71,7 @@ func (s *memSink) Has(_ testing.TB, rec proto.Message) bool {
 	meta, _ := topic.MetaOf(rec)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ids[meta.ID]
+	return s.ids[meta.ID] != nil
 }
 
 func (s *memSink) Total(testing.TB) int {
