@@ -28,6 +28,10 @@ type batchHandler struct {
 	sink   Sink
 	log    *slog.Logger
 	writer *kafka.Writer // the dead-letter topic
+	// transport is the handler's own connection pool (the writer's and the
+	// consumer's metadata client's), closed with it, so nothing outlives
+	// the consumer (kafka-go's DefaultTransport keeps idle connections).
+	transport *kafka.Transport
 	limits *deadLetterLimits
 
 	failure atomic.Pointer[error] // set while writes keep failing transiently
@@ -56,8 +60,10 @@ func newBatchHandler(cfg Config, sink Sink, log *slog.Logger) *batchHandler {
 		sinkErrors:   sinkErrorsTotal.WithLabelValues(name),
 		batchSeconds: batchSeconds.WithLabelValues(name),
 	}
+	h.transport = &kafka.Transport{}
 	h.writer = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Brokers...),
+		Transport:    h.transport,
 		Topic:        cfg.DeadLetterTopic,
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
@@ -76,6 +82,7 @@ func (h *batchHandler) close() {
 	if err := h.writer.Close(); err != nil {
 		h.log.Warn("closing dead-letter writer", "err", err)
 	}
+	h.transport.CloseIdleConnections()
 }
 
 // process decodes msgs, drops what filter rejects (nil keeps everything),

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,26 +19,34 @@ var (
 	ErrStarted   = errors.New("consumer already started")
 )
 
-// idlePoll bounds the wait for the first record of a batch, so an idle
-// consumer still notices that it joined its group.
-const idlePoll = 250 * time.Millisecond
+// errCommit ends a generation whose commit was refused or failed.
+var errCommit = errors.New("commit failed")
 
 // Consumer is the one consumer loop every pipeline shares. It reads its
 // topics in a Kafka consumer group, hands batches (bounded by count and
 // time) to its Sink one after another, so each partition's order is kept,
 // dead-letters the records that can never be written, and commits a batch's
 // offsets only after the sink returned and the dead letters were
-// acknowledged by all in-sync replicas. Delivery is at least once: after a
-// crash or a rebalance a batch may be delivered again, so sinks are
-// idempotent.
+// acknowledged by all in-sync replicas. Each batch is committed with the
+// group generation that fetched it, so a member that lost a partition in a
+// rebalance cannot move the new owner's offset back. Delivery is at least
+// once: after a crash or a rebalance a batch may be delivered again, so
+// sinks are idempotent.
+//
+// A *FatalError from the sink, or a partition past a dead-letter limit,
+// stops the consumer for good: it commits nothing more, leaves its group,
+// and Ready reports the cause until the process restarts.
 type Consumer struct {
-	cfg  Config
-	sink Sink
-	log  *slog.Logger
+	cfg   Config
+	sink  Sink
+	log   *slog.Logger
+	h     *batchHandler
+	parts *partitionHealth
+	now   func() time.Time
 
 	started atomic.Bool
 	joined  atomic.Bool
-	h       *batchHandler
+	fatal   atomic.Pointer[error]
 }
 
 // New returns a consumer feeding sink. It validates cfg and starts nothing;
@@ -52,27 +60,49 @@ func New(cfg Config, sink Sink) (*Consumer, error) {
 	}
 	cfg = cfg.withDefaults()
 	log := cfg.Logger.With("sink", sink.Name(), "group", cfg.GroupID)
-	return &Consumer{cfg: cfg, sink: sink, log: log, h: newBatchHandler(cfg, sink, log)}, nil
+	return &Consumer{
+		cfg:   cfg,
+		sink:  sink,
+		log:   log,
+		h:     newBatchHandler(cfg, sink, log),
+		parts: newPartitionHealth(sink.Name()),
+		now:   time.Now,
+	}, nil
 }
 
-// Ready returns nil once the consumer joined its group and while its writes
-// succeed; an error saying why otherwise (not joined yet, or the sink or
-// the dead-letter topic failing transiently and being retried).
+// Ready returns nil while the consumer is a member of its group (it
+// received an assignment, possibly empty, and stays ready through ordinary
+// rebalances), its writes succeed and no partition is stuck. Otherwise it
+// returns why: the fatal error that stopped it, ErrNotJoined (not joined
+// yet, or joining fails), the transient sink or dead-letter failure being
+// retried, or ErrStuck naming the partitions with lag and no commit for
+// StuckAfter. Lag alone never makes it unready.
 func (c *Consumer) Ready() error {
+	if err := c.fatal.Load(); err != nil {
+		return *err
+	}
 	if !c.joined.Load() {
 		return ErrNotJoined
 	}
-	return c.h.failing()
+	if err := c.h.failing(); err != nil {
+		return err
+	}
+	return c.parts.stuck(c.now(), c.cfg.StuckAfter)
 }
 
 // Run consumes until ctx is done, then finishes the batch in hand (writing
 // and committing it within the drain timeout), leaves the group and returns
 // nil. A batch whose write is failing when ctx is done is left uncommitted,
-// to be re-delivered later. Run may be called once.
+// to be re-delivered later. After a fatal error Run logs it once, leaves
+// the group and waits for ctx, then returns nil: the process's other parts
+// keep running. Run returns an error only when it cannot start. Run may be
+// called once.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return ErrStarted
 	}
+	defer c.h.close()
+	fatalGauge.WithLabelValues(c.sink.Name()).Set(0)
 	// a group that joins before its topics exist is assigned no partitions
 	// and stays idle, so wait for them (ingest creates them at start-up)
 	if err := c.waitForTopics(ctx); err != nil {
@@ -81,18 +111,45 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	reader := kafka.NewReader(c.readerConfig())
-	defer func() {
+	group, err := kafka.NewConsumerGroup(c.groupConfig())
+	if err != nil {
+		return fmt.Errorf("joining consumer group %s: %w", c.cfg.GroupID, err)
+	}
+	commitAge.add(c)
+	leave := sync.OnceFunc(func() {
 		c.joined.Store(false)
-		if err := reader.Close(); err != nil {
-			c.log.Warn("closing kafka reader", "err", err)
+		if err := group.Close(); err != nil {
+			c.log.Warn("leaving consumer group", "err", err)
 		}
-		c.h.close()
-	}()
+		commitAge.remove(c)
+		c.parts.releaseAll()
+	})
+	defer leave()
+
 	c.log.Info("consumer starting", "topics", c.cfg.Topics, "batch_size", c.cfg.BatchSize, "linger", c.cfg.Linger)
 	for ctx.Err() == nil {
-		if msgs := c.fetch(ctx, reader); len(msgs) > 0 {
-			c.handle(ctx, reader, msgs)
+		gen, err := group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if !errors.Is(err, kafka.RebalanceInProgress) {
+				// the group retries by itself after JoinGroupBackoff
+				c.joined.Store(false)
+				c.log.Warn("joining consumer group", "err", err)
+			}
+			continue
+		}
+		c.joined.Store(true)
+		done := make(chan error, 1)
+		gen.Start(func(gctx context.Context) { done <- c.consume(ctx, gctx, gen) })
+		if err := <-done; err != nil {
+			c.fatal.Store(&err)
+			fatalGauge.WithLabelValues(c.sink.Name()).Set(1)
+			c.log.Error("consumer stopped for good: nothing more is fetched or committed until the process restarts", "err", err)
+			leave()
+			<-ctx.Done()
+			return nil
 		}
 	}
 	c.log.Info("consumer stopped")
@@ -102,7 +159,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 // waitForTopics blocks until every topic to consume exists with at least
 // one partition, or ctx is done. It logs once while it waits.
 func (c *Consumer) waitForTopics(ctx context.Context) error {
-	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second}
+	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second, Transport: c.h.transport}
 	wait, logged := 50*time.Millisecond, false
 	for {
 		missing, err := c.missingTopics(ctx, client)
@@ -138,94 +195,141 @@ func (c *Consumer) missingTopics(ctx context.Context, client *kafka.Client) ([]s
 	return missing, nil
 }
 
-func (c *Consumer) readerConfig() kafka.ReaderConfig {
-	return kafka.ReaderConfig{
+func (c *Consumer) groupConfig() kafka.ConsumerGroupConfig {
+	return kafka.ConsumerGroupConfig{
+		ID:                    c.cfg.GroupID,
 		Brokers:               c.cfg.Brokers,
-		GroupID:               c.cfg.GroupID,
-		GroupTopics:           c.cfg.Topics,
-		QueueCapacity:         max(2*c.cfg.BatchSize, 100),
-		MinBytes:              1,
-		MaxBytes:              16 << 20,
-		MaxWait:               time.Second,
-		CommitInterval:        0, // commit explicitly, after the sink took the batch
+		Topics:                c.cfg.Topics,
 		StartOffset:           kafka.FirstOffset,
 		WatchPartitionChanges: true,
 		SessionTimeout:        c.cfg.SessionTimeout,
 		HeartbeatInterval:     c.cfg.HeartbeatInterval,
 		RebalanceTimeout:      c.cfg.RebalanceTimeout,
 		JoinGroupBackoff:      c.cfg.JoinGroupBackoff,
-		ErrorLogger:           kafka.LoggerFunc(c.kafkaError),
+		ErrorLogger:           kafka.LoggerFunc(c.h.kafkaError),
 	}
 }
 
-func (c *Consumer) kafkaError(msg string, args ...any) {
-	c.log.Debug("kafka-go: " + fmt.Sprintf(msg, args...))
-}
-
-// fetch returns the next batch: it waits for a first record (nil when ctx
-// is done first), then takes more until the batch is full or Linger passed.
-func (c *Consumer) fetch(ctx context.Context, r *kafka.Reader) []kafka.Message {
-	var msgs []kafka.Message
-	for len(msgs) == 0 {
-		if ctx.Err() != nil {
-			return nil
-		}
-		pctx, cancel := context.WithTimeout(ctx, idlePoll)
-		m, err := r.FetchMessage(pctx)
-		cancel()
-		switch {
-		case err == nil:
-			c.joined.Store(true)
-			msgs = append(msgs, m)
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, context.DeadlineExceeded):
-			if !c.joined.Load() && r.Stats().Rebalances > 0 {
-				c.joined.Store(true)
-			}
-		default:
-			// The reader gave up joining the group for now (it keeps
-			// trying by itself): not ready until it joins again.
-			c.joined.Store(false)
-			c.log.Warn("fetching from kafka", "err", err)
-			sleep(ctx, c.cfg.MinBackoff)
-		}
-	}
-	lctx, cancel := context.WithTimeout(ctx, c.cfg.Linger)
+// consume reads the partitions gen assigned until ctx or the generation
+// (gctx) is done, a commit fails, or a fatal error, which it returns. When
+// ctx or the generation ends, the batch in hand is still finished and
+// committed with gen (the coordinator accepts it until the rebalance
+// completes, and refuses it after, when the partition may have a new
+// owner).
+func (c *Consumer) consume(ctx, gctx context.Context, gen *kafka.Generation) error {
+	stop, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for len(msgs) < c.cfg.BatchSize {
-		m, err := r.FetchMessage(lctx)
-		if err != nil {
-			// Linger over or ctx done: the batch in hand is still
-			// written. A reader error shows again on the next fetch.
-			break
+	defer context.AfterFunc(gctx, cancel)()
+
+	owned := map[topicPartition]int64{}
+	for name, parts := range gen.Assignments {
+		for _, p := range parts {
+			owned[topicPartition{name, p.ID}] = p.Offset
 		}
-		msgs = append(msgs, m)
 	}
-	return msgs
+	c.parts.assign(owned, c.now())
+	c.log.Info("consumer group generation", "generation", gen.ID, "member", gen.MemberID, "partitions", len(owned))
+
+	in := make(chan kafka.Message, max(2*c.cfg.BatchSize, 100))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // before the Wait: the readers stop
+	for tp, offset := range owned {
+		wg.Go(func() { c.readPartition(stop, tp, offset, in) })
+	}
+	for {
+		msgs := nextBatch(stop, in, c.cfg.BatchSize, c.cfg.Linger)
+		if len(msgs) == 0 {
+			return nil
+		}
+		if err := c.handle(stop, gen, msgs); err != nil {
+			var fatal *FatalError
+			if errors.As(err, &fatal) {
+				return err
+			}
+			// unwritten at shutdown, or the commit was refused: end
+			// this generation; what was not committed is read again
+			return nil
+		}
+		if stop.Err() != nil {
+			return nil
+		}
+	}
 }
 
-// handle writes, dead-letters and commits one batch. It returns without
-// committing when ctx is done while the batch cannot be written (it is then
-// re-delivered to whoever reads the partition next).
-func (c *Consumer) handle(ctx context.Context, r *kafka.Reader, msgs []kafka.Message) {
+// readPartition sends the records of one assigned partition, from offset
+// on, to out until ctx is done.
+func (c *Consumer) readPartition(ctx context.Context, tp topicPartition, offset int64, out chan<- kafka.Message) {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:       c.cfg.Brokers,
+		Topic:         tp.topic,
+		Partition:     tp.partition,
+		QueueCapacity: max(c.cfg.BatchSize, 100),
+		MinBytes:      1,
+		MaxBytes:      16 << 20,
+		MaxWait:       time.Second,
+		ErrorLogger:   kafka.LoggerFunc(c.h.kafkaError),
+	})
+	defer func() {
+		if err := r.Close(); err != nil {
+			c.log.Warn("closing partition reader", "partition", tp, "err", err)
+		}
+	}()
+	if err := r.SetOffset(offset); err != nil {
+		c.log.Error("seeking partition", "partition", tp, "offset", offset, "err", err)
+		return
+	}
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.log.Warn("fetching from kafka", "partition", tp, "err", err)
+			if !sleep(ctx, c.cfg.MinBackoff) {
+				return
+			}
+			continue
+		}
+		c.parts.fetched(tp, m.Offset, m.HighWaterMark)
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// handle writes, dead-letters and commits one batch with the generation
+// that fetched it. It returns errUnwritten when ctx was done while the
+// batch could not be written, errCommit when the commit failed (both leave
+// the batch to be delivered again), or a fatal error.
+func (c *Consumer) handle(ctx context.Context, gen *kafka.Generation, msgs []kafka.Message) error {
 	start := time.Now()
 	res, err := c.h.process(ctx, msgs, nil)
 	if err != nil {
-		return
+		return err
 	}
-	wctx, cancel := drainContext(ctx, c.cfg.DrainTimeout)
-	defer cancel()
 	// Commit after the write: a crash before this line re-delivers the
-	// batch, and the sink is idempotent.
+	// batch, and the sink is idempotent. The generation's commit is refused
+	// once the group moved on without us, so a partition's new owner never
+	// sees its offset moved back.
 	last := lastPerPartition(msgs)
-	if err := r.CommitMessages(wctx, last...); err != nil {
-		c.log.Warn("committing offsets; the batch will be delivered again", "records", len(msgs), "err", err)
-		return
+	offsets := map[string]map[int]int64{}
+	for _, m := range last {
+		if offsets[m.Topic] == nil {
+			offsets[m.Topic] = map[int]int64{}
+		}
+		offsets[m.Topic][m.Partition] = m.Offset + 1
+	}
+	if err := gen.CommitOffsets(offsets); err != nil {
+		c.log.Warn("committing offsets; the batch will be delivered again", "generation", gen.ID, "records", len(msgs), "err", err)
+		return errCommit
 	}
 	c.h.account(res, start)
-	name := c.sink.Name()
+	now := c.now()
 	for _, m := range last {
-		lagRecords.WithLabelValues(name, m.Topic, strconv.Itoa(m.Partition)).Set(float64(max(m.HighWaterMark-m.Offset-1, 0)))
+		c.parts.committedAt(topicPartition{m.Topic, m.Partition}, m.Offset+1, m.HighWaterMark, now)
 	}
+	return nil
 }

@@ -110,7 +110,7 @@ func TestReadRanges(t *testing.T) {
 	}
 	mu.Unlock()
 	// No group joined, nothing committed anywhere.
-	groups, err := (&kafka.Client{Addr: kafka.TCP(k.Addr())}).ListGroups(ctxT(t), &kafka.ListGroupsRequest{})
+	groups, err := sinktest.Client(t, k.Addr()).ListGroups(ctxT(t), &kafka.ListGroupsRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
