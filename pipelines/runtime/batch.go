@@ -32,7 +32,7 @@ type batchHandler struct {
 	// consumer's metadata client's), closed with it, so nothing outlives
 	// the consumer (kafka-go's DefaultTransport keeps idle connections).
 	transport *kafka.Transport
-	limits *deadLetterLimits
+	limits    *deadLetterLimits
 
 	failure atomic.Pointer[error] // set while writes keep failing transiently
 
