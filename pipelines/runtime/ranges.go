@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -179,6 +180,8 @@ func (cfg *RangeConfig) validate(ranges []Range) error {
 		return ErrBadBackoff
 	case c.DeadLetterWindow < 0:
 		return ErrBadWindow
+	case math.IsNaN(c.DeadLetterMaxRatio):
+		return ErrBadRatio
 	}
 	seen := map[topicPartition]bool{}
 	for i, r := range ranges {
