@@ -18,6 +18,7 @@ var (
 	ErrBadBatchSize     = errors.New("batch size must not be negative")
 	ErrBadBackoff       = errors.New("min backoff must not exceed max backoff")
 	ErrNegativeDuration = errors.New("durations must not be negative")
+	ErrBadWindow        = errors.New("dead-letter window must not be negative")
 )
 
 // Defaults, used by the flags and for zero values of a Config built in code.
@@ -27,11 +28,24 @@ const (
 	DefaultMinBackoff   = 100 * time.Millisecond
 	DefaultMaxBackoff   = 30 * time.Second
 	DefaultDrainTimeout = 10 * time.Second
+	// DefaultDeadLetterWindow is how many of a partition's latest records
+	// the dead-letter ratio is counted over.
+	DefaultDeadLetterWindow = 1000
+	// DefaultDeadLetterMaxRatio is the share of dead letters in a full
+	// window past which the consumer turns fatal.
+	DefaultDeadLetterMaxRatio = 0.5
+	// DefaultDeadLetterMaxConsecutive is how many dead letters in a row a
+	// partition may produce before the consumer turns fatal.
+	DefaultDeadLetterMaxConsecutive = 100
+	// DefaultStuckAfter is how long a partition with lag may go without a
+	// commit before Ready reports it stuck.
+	DefaultStuckAfter = 2 * time.Minute
 )
 
 // Config configures a Consumer. A zero BatchSize, Linger, DeadLetterTopic,
-// MinBackoff, MaxBackoff or DrainTimeout means its default; zero group
-// timings mean kafka-go's defaults.
+// MinBackoff, MaxBackoff, DrainTimeout, DeadLetterWindow,
+// DeadLetterMaxRatio, DeadLetterMaxConsecutive or StuckAfter means its
+// default; zero group timings mean kafka-go's defaults.
 type Config struct {
 	// Brokers are the Kafka bootstrap addresses.
 	Brokers []string
@@ -52,6 +66,25 @@ type Config struct {
 	// to be written and committed; after it the write is cancelled and the
 	// batch left uncommitted (it is re-delivered later).
 	DrainTimeout time.Duration
+
+	// DeadLetterWindow, DeadLetterMaxRatio and DeadLetterMaxConsecutive
+	// are the dead-letter limits (as Sentry Arroyo's DlqLimit), counted per
+	// partition: once a partition's last DeadLetterWindow records are more
+	// than DeadLetterMaxRatio dead letters, or more than
+	// DeadLetterMaxConsecutive records in a row were dead letters, the
+	// batch is not dead-lettered and the consumer turns fatal, naming the
+	// partition and the limit. The ratio is checked only over a full
+	// window. A negative ratio or count, or a ratio of 1 or more, turns
+	// that limit off.
+	DeadLetterWindow         int
+	DeadLetterMaxRatio       float64
+	DeadLetterMaxConsecutive int
+
+	// StuckAfter is how long a partition with lag (records after its
+	// committed offset) may go without a commit before Ready reports it
+	// stuck; lag alone never makes the consumer unready. Negative turns the
+	// check off.
+	StuckAfter time.Duration
 
 	// SessionTimeout, HeartbeatInterval, RebalanceTimeout and
 	// JoinGroupBackoff are the consumer group timings (kafka-go
@@ -79,6 +112,10 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.MinBackoff, prefix+".min-backoff", DefaultMinBackoff, "First wait before retrying a batch after a transient sink error.")
 	fs.DurationVar(&c.MaxBackoff, prefix+".max-backoff", DefaultMaxBackoff, "Longest wait between retries of a failing batch.")
 	fs.DurationVar(&c.DrainTimeout, prefix+".drain-timeout", DefaultDrainTimeout, "At shutdown, how long the batch in hand may take to be written and committed.")
+	fs.IntVar(&c.DeadLetterWindow, prefix+".deadletter-window", DefaultDeadLetterWindow, "Latest records per partition over which the dead-letter ratio is counted.")
+	fs.Float64Var(&c.DeadLetterMaxRatio, prefix+".deadletter-max-ratio", DefaultDeadLetterMaxRatio, "Share of dead letters in a partition's full window past which the consumer turns fatal (negative or >= 1: no limit).")
+	fs.IntVar(&c.DeadLetterMaxConsecutive, prefix+".deadletter-max-consecutive", DefaultDeadLetterMaxConsecutive, "Dead letters in a row on one partition past which the consumer turns fatal (negative: no limit).")
+	fs.DurationVar(&c.StuckAfter, prefix+".stuck-after", DefaultStuckAfter, "How long a partition with lag may go without a commit before /readyz reports it stuck (negative: never).")
 	fs.DurationVar(&c.SessionTimeout, prefix+".session-timeout", 30*time.Second, "Consumer group session timeout.")
 	fs.DurationVar(&c.HeartbeatInterval, prefix+".heartbeat-interval", 3*time.Second, "Consumer group heartbeat interval.")
 	fs.DurationVar(&c.RebalanceTimeout, prefix+".rebalance-timeout", 30*time.Second, "How long the group coordinator waits for members to rejoin in a rebalance.")
@@ -101,6 +138,8 @@ func (c *Config) Validate() error {
 		return ErrNegativeDuration
 	case c.MinBackoff > 0 && c.MaxBackoff > 0 && c.MinBackoff > c.MaxBackoff:
 		return ErrBadBackoff
+	case c.DeadLetterWindow < 0:
+		return ErrBadWindow
 	}
 	return nil
 }
@@ -124,6 +163,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.DeadLetterWindow == 0 {
+		c.DeadLetterWindow = DefaultDeadLetterWindow
+	}
+	if c.DeadLetterMaxRatio == 0 {
+		c.DeadLetterMaxRatio = DefaultDeadLetterMaxRatio
+	}
+	if c.DeadLetterMaxConsecutive == 0 {
+		c.DeadLetterMaxConsecutive = DefaultDeadLetterMaxConsecutive
+	}
+	if c.StuckAfter == 0 {
+		c.StuckAfter = DefaultStuckAfter
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

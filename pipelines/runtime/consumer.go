@@ -5,15 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
-	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
-
-	"github.com/chapper/chapper/proto/topic"
 )
 
 // Errors returned by Ready and Run.
@@ -22,29 +19,34 @@ var (
 	ErrStarted   = errors.New("consumer already started")
 )
 
-// idlePoll bounds the wait for the first record of a batch, so an idle
-// consumer still notices that it joined its group.
-const idlePoll = 250 * time.Millisecond
+// errCommit ends a generation whose commit was refused or failed.
+var errCommit = errors.New("commit failed")
 
 // Consumer is the one consumer loop every pipeline shares. It reads its
 // topics in a Kafka consumer group, hands batches (bounded by count and
 // time) to its Sink one after another, so each partition's order is kept,
 // dead-letters the records that can never be written, and commits a batch's
 // offsets only after the sink returned and the dead letters were
-// acknowledged by all in-sync replicas. Delivery is at least once: after a
-// crash or a rebalance a batch may be delivered again, so sinks are
-// idempotent.
+// acknowledged by all in-sync replicas. Each batch is committed with the
+// group generation that fetched it, so a member that lost a partition in a
+// rebalance cannot move the new owner's offset back. Delivery is at least
+// once: after a crash or a rebalance a batch may be delivered again, so
+// sinks are idempotent.
+//
+// A *FatalError from the sink, or a partition past a dead-letter limit,
+// stops the consumer for good: it commits nothing more, leaves its group,
+// and Ready reports the cause until the process restarts.
 type Consumer struct {
-	cfg  Config
-	sink Sink
-	log  *slog.Logger
+	cfg   Config
+	sink  Sink
+	log   *slog.Logger
+	h     *batchHandler
+	parts *partitionHealth
+	now   func() time.Time
 
 	started atomic.Bool
 	joined  atomic.Bool
-	failure atomic.Pointer[error] // set while writes keep failing
-
-	records, batches, deadLetters, sinkErrors interface{ Add(float64) }
-	batchSeconds                              interface{ Observe(float64) }
+	fatal   atomic.Pointer[error]
 }
 
 // New returns a consumer feeding sink. It validates cfg and starts nothing;
@@ -57,40 +59,50 @@ func New(cfg Config, sink Sink) (*Consumer, error) {
 		return nil, errors.New("consumer needs a sink")
 	}
 	cfg = cfg.withDefaults()
-	name := sink.Name()
+	log := cfg.Logger.With("sink", sink.Name(), "group", cfg.GroupID)
 	return &Consumer{
-		cfg:          cfg,
-		sink:         sink,
-		log:          cfg.Logger.With("sink", name, "group", cfg.GroupID),
-		records:      recordsTotal.WithLabelValues(name),
-		batches:      batchesTotal.WithLabelValues(name),
-		deadLetters:  deadLetterTotal.WithLabelValues(name),
-		sinkErrors:   sinkErrorsTotal.WithLabelValues(name),
-		batchSeconds: batchSeconds.WithLabelValues(name),
+		cfg:   cfg,
+		sink:  sink,
+		log:   log,
+		h:     newBatchHandler(cfg, sink, log),
+		parts: newPartitionHealth(sink.Name()),
+		now:   time.Now,
 	}, nil
 }
 
-// Ready returns nil once the consumer joined its group and while its writes
-// succeed; an error saying why otherwise (not joined yet, or the sink or
-// the dead-letter topic failing transiently and being retried).
+// Ready returns nil while the consumer is a member of its group (it
+// received an assignment, possibly empty, and stays ready through ordinary
+// rebalances), its writes succeed and no partition is stuck. Otherwise it
+// returns why: the fatal error that stopped it, ErrNotJoined (not joined
+// yet, or joining fails), the transient sink or dead-letter failure being
+// retried, or ErrStuck naming the partitions with lag and no commit for
+// StuckAfter. Lag alone never makes it unready.
 func (c *Consumer) Ready() error {
+	if err := c.fatal.Load(); err != nil {
+		return *err
+	}
 	if !c.joined.Load() {
 		return ErrNotJoined
 	}
-	if err := c.failure.Load(); err != nil {
-		return *err
+	if err := c.h.failing(); err != nil {
+		return err
 	}
-	return nil
+	return c.parts.stuck(c.now(), c.cfg.StuckAfter)
 }
 
 // Run consumes until ctx is done, then finishes the batch in hand (writing
 // and committing it within the drain timeout), leaves the group and returns
 // nil. A batch whose write is failing when ctx is done is left uncommitted,
-// to be re-delivered later. Run may be called once.
+// to be re-delivered later. After a fatal error Run logs it once, leaves
+// the group and waits for ctx, then returns nil: the process's other parts
+// keep running. Run returns an error only when it cannot start. Run may be
+// called once.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return ErrStarted
 	}
+	defer c.h.close()
+	fatalGauge.WithLabelValues(c.sink.Name()).Set(0)
 	// a group that joins before its topics exist is assigned no partitions
 	// and stays idle, so wait for them (ingest creates them at start-up)
 	if err := c.waitForTopics(ctx); err != nil {
@@ -99,29 +111,45 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	reader := kafka.NewReader(c.readerConfig())
-	writer := &kafka.Writer{
-		Addr:         kafka.TCP(c.cfg.Brokers...),
-		Topic:        c.cfg.DeadLetterTopic,
-		Balancer:     &kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll,
-		BatchSize:    c.cfg.BatchSize,
-		BatchTimeout: 5 * time.Millisecond,
-		ErrorLogger:  kafka.LoggerFunc(c.kafkaError),
+	group, err := kafka.NewConsumerGroup(c.groupConfig())
+	if err != nil {
+		return fmt.Errorf("joining consumer group %s: %w", c.cfg.GroupID, err)
 	}
-	defer func() {
+	commitAge.add(c)
+	leave := sync.OnceFunc(func() {
 		c.joined.Store(false)
-		if err := reader.Close(); err != nil {
-			c.log.Warn("closing kafka reader", "err", err)
+		if err := group.Close(); err != nil {
+			c.log.Warn("leaving consumer group", "err", err)
 		}
-		if err := writer.Close(); err != nil {
-			c.log.Warn("closing dead-letter writer", "err", err)
-		}
-	}()
+		commitAge.remove(c)
+		c.parts.releaseAll()
+	})
+	defer leave()
+
 	c.log.Info("consumer starting", "topics", c.cfg.Topics, "batch_size", c.cfg.BatchSize, "linger", c.cfg.Linger)
 	for ctx.Err() == nil {
-		if msgs := c.fetch(ctx, reader); len(msgs) > 0 {
-			c.handle(ctx, reader, writer, msgs)
+		gen, err := group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if !errors.Is(err, kafka.RebalanceInProgress) {
+				// the group retries by itself after JoinGroupBackoff
+				c.joined.Store(false)
+				c.log.Warn("joining consumer group", "err", err)
+			}
+			continue
+		}
+		c.joined.Store(true)
+		done := make(chan error, 1)
+		gen.Start(func(gctx context.Context) { done <- c.consume(ctx, gctx, gen) })
+		if err := <-done; err != nil {
+			c.fatal.Store(&err)
+			fatalGauge.WithLabelValues(c.sink.Name()).Set(1)
+			c.log.Error("consumer stopped for good: nothing more is fetched or committed until the process restarts", "err", err)
+			leave()
+			<-ctx.Done()
+			return nil
 		}
 	}
 	c.log.Info("consumer stopped")
@@ -131,7 +159,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 // waitForTopics blocks until every topic to consume exists with at least
 // one partition, or ctx is done. It logs once while it waits.
 func (c *Consumer) waitForTopics(ctx context.Context) error {
-	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second}
+	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second, Transport: c.h.transport}
 	wait, logged := 50*time.Millisecond, false
 	for {
 		missing, err := c.missingTopics(ctx, client)
@@ -167,264 +195,141 @@ func (c *Consumer) missingTopics(ctx context.Context, client *kafka.Client) ([]s
 	return missing, nil
 }
 
-func (c *Consumer) readerConfig() kafka.ReaderConfig {
-	return kafka.ReaderConfig{
+func (c *Consumer) groupConfig() kafka.ConsumerGroupConfig {
+	return kafka.ConsumerGroupConfig{
+		ID:                    c.cfg.GroupID,
 		Brokers:               c.cfg.Brokers,
-		GroupID:               c.cfg.GroupID,
-		GroupTopics:           c.cfg.Topics,
-		QueueCapacity:         max(2*c.cfg.BatchSize, 100),
-		MinBytes:              1,
-		MaxBytes:              16 << 20,
-		MaxWait:               time.Second,
-		CommitInterval:        0, // commit explicitly, after the sink took the batch
+		Topics:                c.cfg.Topics,
 		StartOffset:           kafka.FirstOffset,
 		WatchPartitionChanges: true,
 		SessionTimeout:        c.cfg.SessionTimeout,
 		HeartbeatInterval:     c.cfg.HeartbeatInterval,
 		RebalanceTimeout:      c.cfg.RebalanceTimeout,
 		JoinGroupBackoff:      c.cfg.JoinGroupBackoff,
-		ErrorLogger:           kafka.LoggerFunc(c.kafkaError),
+		ErrorLogger:           kafka.LoggerFunc(c.h.kafkaError),
 	}
 }
 
-func (c *Consumer) kafkaError(msg string, args ...any) {
-	c.log.Debug("kafka-go: " + fmt.Sprintf(msg, args...))
-}
+// consume reads the partitions gen assigned until ctx or the generation
+// (gctx) is done, a commit fails, or a fatal error, which it returns. When
+// ctx or the generation ends, the batch in hand is still finished and
+// committed with gen (the coordinator accepts it until the rebalance
+// completes, and refuses it after, when the partition may have a new
+// owner).
+func (c *Consumer) consume(ctx, gctx context.Context, gen *kafka.Generation) error {
+	stop, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(gctx, cancel)()
 
-// fetch returns the next batch: it waits for a first record (nil when ctx
-// is done first), then takes more until the batch is full or Linger passed.
-func (c *Consumer) fetch(ctx context.Context, r *kafka.Reader) []kafka.Message {
-	var msgs []kafka.Message
-	for len(msgs) == 0 {
-		if ctx.Err() != nil {
+	owned := map[topicPartition]int64{}
+	for name, parts := range gen.Assignments {
+		for _, p := range parts {
+			owned[topicPartition{name, p.ID}] = p.Offset
+		}
+	}
+	c.parts.assign(owned, c.now())
+	c.log.Info("consumer group generation", "generation", gen.ID, "member", gen.MemberID, "partitions", len(owned))
+
+	in := make(chan kafka.Message, max(2*c.cfg.BatchSize, 100))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // before the Wait: the readers stop
+	for tp, offset := range owned {
+		wg.Go(func() { c.readPartition(stop, tp, offset, in) })
+	}
+	for {
+		msgs := nextBatch(stop, in, c.cfg.BatchSize, c.cfg.Linger)
+		if len(msgs) == 0 {
 			return nil
 		}
-		pctx, cancel := context.WithTimeout(ctx, idlePoll)
-		m, err := r.FetchMessage(pctx)
-		cancel()
-		switch {
-		case err == nil:
-			c.joined.Store(true)
-			msgs = append(msgs, m)
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, context.DeadlineExceeded):
-			if !c.joined.Load() && r.Stats().Rebalances > 0 {
-				c.joined.Store(true)
+		if err := c.handle(stop, gen, msgs); err != nil {
+			var fatal *FatalError
+			if errors.As(err, &fatal) {
+				return err
 			}
-		default:
-			// The reader gave up joining the group for now (it keeps
-			// trying by itself): not ready until it joins again.
-			c.joined.Store(false)
-			c.log.Warn("fetching from kafka", "err", err)
-			sleep(ctx, c.cfg.MinBackoff)
+			// unwritten at shutdown, or the commit was refused: end
+			// this generation; what was not committed is read again
+			return nil
+		}
+		if stop.Err() != nil {
+			return nil
 		}
 	}
-	lctx, cancel := context.WithTimeout(ctx, c.cfg.Linger)
-	defer cancel()
-	for len(msgs) < c.cfg.BatchSize {
-		m, err := r.FetchMessage(lctx)
-		if err != nil {
-			// Linger over or ctx done: the batch in hand is still
-			// written. A reader error shows again on the next fetch.
-			break
-		}
-		msgs = append(msgs, m)
-	}
-	return msgs
 }
 
-// handle decodes, writes, dead-letters and commits one batch. It returns
-// without committing only when ctx is done while the batch cannot be
-// written; the batch is then re-delivered to whoever reads the partition
-// next.
-func (c *Consumer) handle(ctx context.Context, r *kafka.Reader, w *kafka.Writer, msgs []kafka.Message) {
-	start := time.Now()
-	// The batch in hand is finished after ctx is done, within DrainTimeout.
-	wctx, cancel := c.drainContext(ctx)
-	defer cancel()
-
-	records := make([]Record, 0, len(msgs))
-	var dead []Failure
-	for _, m := range msgs {
-		rec := recordOf(m)
-		msg, err := topic.Decode(m.Topic, m.Value)
-		if err != nil {
-			dead = append(dead, Failure{Record: rec, Reason: err})
-			continue
+// readPartition sends the records of one assigned partition, from offset
+// on, to out until ctx is done.
+func (c *Consumer) readPartition(ctx context.Context, tp topicPartition, offset int64, out chan<- kafka.Message) {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:       c.cfg.Brokers,
+		Topic:         tp.topic,
+		Partition:     tp.partition,
+		QueueCapacity: max(c.cfg.BatchSize, 100),
+		MinBytes:      1,
+		MaxBytes:      16 << 20,
+		MaxWait:       time.Second,
+		ErrorLogger:   kafka.LoggerFunc(c.h.kafkaError),
+	})
+	defer func() {
+		if err := r.Close(); err != nil {
+			c.log.Warn("closing partition reader", "partition", tp, "err", err)
 		}
-		rec.Message = msg
-		records = append(records, rec)
-	}
-	written := len(records)
-	if len(records) > 0 {
-		failures, ok := c.retry(ctx, "writing batch to sink", func() error {
-			return c.sink.Write(wctx, records)
-		})
-		if !ok {
-			return
-		}
-		dead = append(dead, failures...)
-		written -= len(failures)
-	}
-	if len(dead) > 0 {
-		out := make([]kafka.Message, len(dead))
-		for i, f := range dead {
-			out[i] = c.deadLetter(f)
-		}
-		if _, ok := c.retry(ctx, "producing to dead-letter topic", func() error {
-			return w.WriteMessages(wctx, out...)
-		}); !ok {
-			return
-		}
-		c.deadLetters.Add(float64(len(dead)))
-		c.log.Warn("dead-lettered records", "count", len(dead), "topic", c.cfg.DeadLetterTopic,
-			"first_origin", fmt.Sprintf("%s/%d@%d", dead[0].Record.Topic, dead[0].Record.Partition, dead[0].Record.Offset),
-			"first_error", dead[0].Reason)
-	}
-
-	// Commit after the write: a crash before this line re-delivers the
-	// batch, and the sink is idempotent.
-	last := lastPerPartition(msgs)
-	if err := r.CommitMessages(wctx, last...); err != nil {
-		c.log.Warn("committing offsets; the batch will be delivered again", "records", len(msgs), "err", err)
+	}()
+	if err := r.SetOffset(offset); err != nil {
+		c.log.Error("seeking partition", "partition", tp, "offset", offset, "err", err)
 		return
 	}
-	c.records.Add(float64(written))
-	c.batches.Add(1)
-	c.batchSeconds.Observe(time.Since(start).Seconds())
-	name := c.sink.Name()
-	for _, m := range last {
-		lagRecords.WithLabelValues(name, m.Topic, strconv.Itoa(m.Partition)).Set(float64(max(m.HighWaterMark-m.Offset-1, 0)))
-	}
-}
-
-// retry runs op until it succeeds or fails permanently (a *PermanentError,
-// whose failures it returns), backing off exponentially with jitter between
-// transient failures. It returns ok = false, without retrying further, when
-// ctx is done after a transient failure.
-func (c *Consumer) retry(ctx context.Context, what string, op func() error) (failures []Failure, ok bool) {
-	backoff := c.cfg.MinBackoff
-	for attempt := 1; ; attempt++ {
-		err := op()
-		var perm *PermanentError
-		if err == nil || errors.As(err, &perm) {
-			if c.failure.Swap(nil) != nil {
-				c.log.Info("write recovered", "what", what, "attempts", attempt)
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
 			}
-			if perm != nil {
-				failures = perm.Failures
+			c.log.Warn("fetching from kafka", "partition", tp, "err", err)
+			if !sleep(ctx, c.cfg.MinBackoff) {
+				return
 			}
-			return failures, true
+			continue
 		}
-		c.sinkErrors.Add(1)
-		err = fmt.Errorf("%s: %w", what, err)
-		c.failure.Store(&err)
-		if ctx.Err() != nil {
-			c.log.Warn("batch left uncommitted at shutdown", "err", err)
-			return nil, false
-		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn("transient failure, retrying the batch", "attempt", attempt, "retry_in", wait, "err", err)
-		if !sleep(ctx, wait) {
-			c.log.Warn("batch left uncommitted at shutdown", "err", err)
-			return nil, false
-		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
-	}
-}
-
-// drainContext returns a context for writing the batch in hand: it is not
-// cancelled with ctx but DrainTimeout after ctx is done.
-func (c *Consumer) drainContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, func() {
-		t := time.NewTimer(c.cfg.DrainTimeout)
-		defer t.Stop()
+		c.parts.fetched(tp, m.Offset, m.HighWaterMark)
 		select {
-		case <-t.C:
-			cancel()
-		case <-wctx.Done():
+		case out <- m:
+		case <-ctx.Done():
+			return
 		}
-	})
-	return wctx, func() {
-		stop()
-		cancel()
 	}
 }
 
-// deadLetter returns the dead-letter message of a failure: the original key,
-// value and headers plus the origin and the reason.
-func (c *Consumer) deadLetter(f Failure) kafka.Message {
-	added := []kafka.Header{
-		{Key: topic.HeaderOriginTopic, Value: []byte(f.Record.Topic)},
-		{Key: topic.HeaderOriginPartition, Value: []byte(strconv.Itoa(f.Record.Partition))},
-		{Key: topic.HeaderOriginOffset, Value: []byte(strconv.FormatInt(f.Record.Offset, 10))},
-		{Key: topic.HeaderSink, Value: []byte(c.sink.Name())},
-		{Key: topic.HeaderError, Value: []byte(f.Reason.Error())},
+// handle writes, dead-letters and commits one batch with the generation
+// that fetched it. It returns errUnwritten when ctx was done while the
+// batch could not be written, errCommit when the commit failed (both leave
+// the batch to be delivered again), or a fatal error.
+func (c *Consumer) handle(ctx context.Context, gen *kafka.Generation, msgs []kafka.Message) error {
+	start := time.Now()
+	res, err := c.h.process(ctx, msgs, nil)
+	if err != nil {
+		return err
 	}
-	headers := make([]kafka.Header, 0, len(f.Record.Headers)+len(added))
-	for _, h := range f.Record.Headers {
-		// A re-driven record that fails again carries its new origin only.
-		switch h.Key {
-		case topic.HeaderOriginTopic, topic.HeaderOriginPartition, topic.HeaderOriginOffset, topic.HeaderSink, topic.HeaderError:
-			continue
+	// Commit after the write: a crash before this line re-delivers the
+	// batch, and the sink is idempotent. The generation's commit is refused
+	// once the group moved on without us, so a partition's new owner never
+	// sees its offset moved back.
+	last := lastPerPartition(msgs)
+	offsets := map[string]map[int]int64{}
+	for _, m := range last {
+		if offsets[m.Topic] == nil {
+			offsets[m.Topic] = map[int]int64{}
 		}
-		headers = append(headers, kafka.Header{Key: h.Key, Value: h.Value})
+		offsets[m.Topic][m.Partition] = m.Offset + 1
 	}
-	return kafka.Message{Key: f.Record.Key, Value: f.Record.Value, Headers: append(headers, added...)}
-}
-
-func recordOf(m kafka.Message) Record {
-	var headers []Header
-	if len(m.Headers) > 0 {
-		headers = make([]Header, len(m.Headers))
-		for i, h := range m.Headers {
-			headers[i] = Header{Key: h.Key, Value: h.Value}
-		}
+	if err := gen.CommitOffsets(offsets); err != nil {
+		c.log.Warn("committing offsets; the batch will be delivered again", "generation", gen.ID, "records", len(msgs), "err", err)
+		return errCommit
 	}
-	return Record{
-		Topic:     m.Topic,
-		Partition: m.Partition,
-		Offset:    m.Offset,
-		Key:       m.Key,
-		Headers:   headers,
-		Value:     m.Value,
-		Time:      m.Time,
+	c.h.account(res, start)
+	now := c.now()
+	for _, m := range last {
+		c.parts.committedAt(topicPartition{m.Topic, m.Partition}, m.Offset+1, m.HighWaterMark, now)
 	}
-}
-
-// lastPerPartition returns the last message of each topic partition in msgs;
-// committing it commits every earlier one.
-func lastPerPartition(msgs []kafka.Message) []kafka.Message {
-	type tp struct {
-		topic     string
-		partition int
-	}
-	index := map[tp]int{}
-	var last []kafka.Message
-	for _, m := range msgs {
-		k := tp{m.Topic, m.Partition}
-		if i, ok := index[k]; ok {
-			if m.Offset > last[i].Offset {
-				last[i] = m
-			}
-			continue
-		}
-		index[k] = len(last)
-		last = append(last, m)
-	}
-	return last
-}
-
-// sleep waits d or until ctx is done; it reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return nil
 }

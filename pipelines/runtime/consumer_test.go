@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chapper/chapper/pipelines/runtime"
@@ -23,7 +25,24 @@ import (
 	"github.com/chapper/chapper/services/devstack/devtest"
 )
 
-func TestMain(m *testing.M) { devtest.Main(m) }
+// TestMain runs the tests, then checks that no goroutine outlived them.
+// devtest.Main (which stops the servers shared by a test binary and exits)
+// cannot run code after the tests, and this package uses none of its
+// shared servers: every test starts its own broker (devtest.Kafka), closed
+// by t.Cleanup before m.Run returns. So the check runs here, after every
+// broker, consumer and reader of the tests was closed.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		// bleve's analysis queue starts at init in the search server that
+		// devtest links in; it is not ours and lives as long as the binary
+		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/blevesearch/bleve_index_api.AnalysisWorker")); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // memSink is an idempotent in-memory sink: the seam the runtime owns,
 // standing in for a store so the runtime's own behaviour is tested alone.
@@ -31,10 +50,21 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 type memSink struct {
 	name string
 	mu   sync.Mutex
-	ids  map[string]bool
+	ids  map[string]proto.Message
 }
 
-func newMemSink(name string) *memSink { return &memSink{name: name, ids: map[string]bool{}} }
+func newMemSink(name string) *memSink { return &memSink{name: name, ids: map[string]proto.Message{}} }
+
+// records returns every record the sink holds.
+func (s *memSink) records() []proto.Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]proto.Message, 0, len(s.ids))
+	for _, m := range s.ids {
+		out = append(out, m)
+	}
+	return out
+}
 
 func (s *memSink) Name() string { return s.name }
 
@@ -48,7 +78,7 @@ func (s *memSink) Write(_ context.Context, batch []runtime.Record) error {
 			perm.Failures = append(perm.Failures, runtime.Failure{Record: r, Reason: errors.New("poison record")})
 			continue
 		}
-		s.ids[meta.ID] = true
+		s.ids[meta.ID] = r.Message
 	}
 	if len(perm.Failures) > 0 {
 		return &perm
@@ -60,7 +90,7 @@ func (s *memSink) Has(_ testing.TB, rec proto.Message) bool {
 	meta, _ := topic.MetaOf(rec)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ids[meta.ID]
+	return s.ids[meta.ID] != nil
 }
 
 func (s *memSink) Total(testing.TB) int {
@@ -455,7 +485,7 @@ func TestConsumerStartedBeforeTopics(t *testing.T) {
 	// a consumer that joined now would be assigned nothing and could stay
 	// idle; give a wrong one time to join, then check the group is empty
 	time.Sleep(time.Second)
-	groups, err := (&kafka.Client{Addr: kafka.TCP(k.Addr())}).ListGroups(ctxT(t), &kafka.ListGroupsRequest{})
+	groups, err := sinktest.Client(t, k.Addr()).ListGroups(ctxT(t), &kafka.ListGroupsRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

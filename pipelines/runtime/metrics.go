@@ -28,6 +28,10 @@ var (
 		Name: "chapper_pipeline_dead_letter_records_total",
 		Help: "Records sent to the dead-letter topic (undecodable or rejected permanently by the sink).",
 	}, []string{"sink"})
+	fatalGauge = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "chapper_pipeline_fatal",
+		Help: "1 once the consumer stopped on a fatal error (it fetches and commits nothing more until restarted), else 0.",
+	}, []string{"sink"})
 	sinkErrorsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "chapper_pipeline_sink_errors_total",
 		Help: "Transient sink write errors (each one retried).",

@@ -61,7 +61,8 @@ func CreateTopicsN(t testing.TB, addr string, n int, extra ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(addr)}
+	client := newClient(addr)
+	defer closeClient(client)
 	req := &kafka.CreateTopicsRequest{}
 	for _, name := range append(append(RecordTopics[:len(RecordTopics):len(RecordTopics)], topic.DeadLetter), extra...) {
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: name, NumPartitions: n, ReplicationFactor: 1})
@@ -151,8 +152,11 @@ func Produce(t testing.TB, addr string, msgs ...kafka.Message) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
 	w := &kafka.Writer{
 		Addr:         kafka.TCP(addr),
+		Transport:    transport,
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		BatchSize:    1000,
@@ -196,7 +200,8 @@ func endOffsets(t testing.TB, addr string, topics ...string) map[TopicPartition]
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(addr)}
+	client := newClient(addr)
+	defer closeClient(client)
 	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
 	for name, n := range partitions(ctx, t, client, topics...) {
 		for p := range n {
@@ -242,7 +247,8 @@ func Committed(t testing.TB, addr, group string) map[TopicPartition]int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(addr)}
+	client := newClient(addr)
+	defer closeClient(client)
 	req := &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{}}
 	for name, n := range partitions(ctx, t, client, RecordTopics...) {
 		for p := range n {
@@ -328,4 +334,22 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// newClient returns a client with its own connection pool, so that the
+// helpers leave no idle connections (and their goroutines) behind; close it
+// with closeClient.
+func newClient(addr string) *kafka.Client {
+	return &kafka.Client{Addr: kafka.TCP(addr), Transport: &kafka.Transport{}}
+}
+
+func closeClient(c *kafka.Client) { c.Transport.(*kafka.Transport).CloseIdleConnections() }
+
+// Client returns a Kafka client for the broker at addr with its own
+// connection pool, closed when t ends (kafka-go's default pool would keep
+// idle connections, which goleak reports).
+func Client(t testing.TB, addr string) *kafka.Client {
+	c := newClient(addr)
+	t.Cleanup(func() { closeClient(c) })
+	return c
 }

@@ -33,6 +33,11 @@
 //     written its batch, has not returned; that batch is not committed, and
 //     a new consumer in the same group leaves every record stored exactly
 //     once.
+//   - fatal error: Write returns a *runtime.FatalError (after writing half
+//     its batch) on its second call; the consumer writes nothing more,
+//     commits nothing of that batch, reports the cause from Ready, and its
+//     Run returns nil only when stopped; a new consumer over the repaired
+//     store leaves every record stored exactly once.
 //
 // Each case starts its own broker and calls Harness.New once; the whole
 // suite takes a few seconds. It needs devtest.Main in the package's
@@ -95,6 +100,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("partial permanent failure", func(t *testing.T) { testPermanent(t, h) })
 	t.Run("transient failure", func(t *testing.T) { testTransient(t, h) })
 	t.Run("shutdown mid-batch", func(t *testing.T) { testShutdown(t, h) })
+	t.Run("fatal error", func(t *testing.T) { testFatal(t, h) })
 }
 
 // fixture is one case's broker, sink and store.
@@ -396,6 +402,54 @@ func testShutdown(t *testing.T, h Harness) {
 	uncommitted(t, f.addr, cfg.GroupID, batch)
 
 	// A new consumer in the same group picks up where the first committed.
+	Start(t, cfg, f.sink)
+	WaitCommitted(t, f.addr, cfg.GroupID, caseTimeout)
+	f.checkStored(t, recs, len(recs))
+}
+
+// errFatal is the fatal failure the fatal case injects.
+var errFatal = errors.New("sinktest: injected fatal failure")
+
+func testFatal(t *testing.T, h Harness) {
+	f := setup(t, h)
+	recs := Records(6, 300)
+	ProduceRecords(t, f.addr, recs...)
+	cfg := ConsumerConfig(f.addr, "sinktest-fatal")
+
+	var (
+		calls  atomic.Int64
+		failed atomic.Pointer[[]runtime.Record]
+	)
+	sink := runtime.SinkFunc(f.sink.Name(), func(ctx context.Context, batch []runtime.Record) error {
+		if calls.Add(1) != 2 {
+			return f.sink.Write(ctx, batch)
+		}
+		// Half the batch reaches the store before the store breaks.
+		if err := f.sink.Write(ctx, batch[:len(batch)/2]); err != nil {
+			var perm *runtime.PermanentError
+			if !errors.As(err, &perm) {
+				return err
+			}
+		}
+		failed.Store(&batch)
+		return runtime.Fatal(errFatal)
+	})
+	c := Start(t, cfg, sink)
+	Eventually(t, caseTimeout, func() error {
+		var fatal *runtime.FatalError
+		if err := c.Consumer.Ready(); !errors.As(err, &fatal) || !errors.Is(err, errFatal) {
+			return fmt.Errorf("Ready = %v, want the fatal error", err)
+		}
+		return nil
+	})
+	uncommitted(t, f.addr, cfg.GroupID, *failed.Load())
+	c.Stop(t)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d writes, want 2: none after the fatal error", n)
+	}
+	uncommitted(t, f.addr, cfg.GroupID, *failed.Load())
+
+	// Once the store is repaired, a new consumer finishes the work.
 	Start(t, cfg, f.sink)
 	WaitCommitted(t, f.addr, cfg.GroupID, caseTimeout)
 	f.checkStored(t, recs, len(recs))
