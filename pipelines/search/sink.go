@@ -111,11 +111,17 @@ type itemResult struct {
 
 // Write indexes every record of batch and returns once each one was
 // acknowledged or failed. Records that can never be indexed (no id,
-// location or time; a document the mapping rejects: a 4xx item) come back
-// in a *runtime.PermanentError with the rest indexed. If any document was
-// not acknowledged for a reason that may pass (no connection, a 429 or
-// 5xx for the request or the item), Write returns an error wrapping
-// ErrNotIndexed and the runtime retries the batch. Cancelling ctx stops the
+// location or time; a document the mapping rejects: an item error of type
+// document_parsing_exception, mapper_parsing_exception,
+// strict_dynamic_mapping_exception or an illegal_argument_exception about a
+// field's value) come back in a *runtime.PermanentError with the rest
+// indexed. Any other item error that is not a 429 or 5xx (a 403
+// security_exception, an index_not_found_exception, ...) is about the
+// cluster, not the document: Write returns a *runtime.FatalError wrapping
+// ErrNotIndexed and dead-letters nothing. If any document was not
+// acknowledged for a reason that may pass (no connection, a 429 or 5xx for
+// the request or the item), Write returns an error wrapping ErrNotIndexed
+// and the runtime retries the batch. Cancelling ctx stops the
 // wait; documents already sent may still be indexed, which a retry
 // overwrites with the same content.
 func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
@@ -163,14 +169,20 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		}
 	}
 
-	var transient int
-	var firstTransient string
+	var transient, fatal int
+	var firstTransient, firstFatal string
 	for i, r := range results {
 		switch {
 		case r.ok:
 			docsIndexed.WithLabelValues(string(kinds[i])).Inc()
 		case kinds[i] == "":
 			// already listed as an invalid record
+		case r.typ != "" && documentError(r.typ, r.reason):
+			itemErrors.WithLabelValues(r.typ).Inc()
+			failures = append(failures, runtime.Failure{
+				Record: batch[i],
+				Reason: fmt.Errorf("elasticsearch rejected document (status %d): %s", r.status, r.reason),
+			})
 		case !r.done || r.err != nil || r.status == http.StatusTooManyRequests || r.status >= 500 || r.status == 0:
 			transient++
 			typ, why := "transport", "no response"
@@ -187,16 +199,23 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 				firstTransient = why
 			}
 		default:
+			// Not about the document (a lost privilege, a missing index
+			// where auto-creation is off, ...): dead-lettering would divert
+			// the whole stream, and a retry cannot help.
+			fatal++
 			typ := r.typ
 			if typ == "" {
 				typ = "unknown"
 			}
 			itemErrors.WithLabelValues(typ).Inc()
-			failures = append(failures, runtime.Failure{
-				Record: batch[i],
-				Reason: fmt.Errorf("elasticsearch rejected document (status %d): %s", r.status, r.reason),
-			})
+			if firstFatal == "" {
+				firstFatal = fmt.Sprintf("%s/%d@%d: status %d: %s", batch[i].Topic, batch[i].Partition, batch[i].Offset, r.status, r.reason)
+			}
 		}
+	}
+	if fatal > 0 {
+		return runtime.Fatal(fmt.Errorf("%w: %d of %d items failed for a reason that is not about the document, first: %s",
+			ErrNotIndexed, fatal, len(batch), firstFatal))
 	}
 	if transient > 0 {
 		return fmt.Errorf("%w: %d of %d, first: %s", ErrNotIndexed, transient, len(batch), firstTransient)
@@ -205,6 +224,37 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		return &runtime.PermanentError{Failures: failures}
 	}
 	return nil
+}
+
+// documentErrorTypes are the item error types that concern the document
+// itself: the same document would fail the same way forever, so it is
+// dead-lettered. Every other item error (security_exception,
+// index_not_found_exception, ...) is about the cluster and stops the
+// consumer instead.
+var documentErrorTypes = map[string]bool{
+	"document_parsing_exception":       true,
+	"mapper_parsing_exception":         true,
+	"strict_dynamic_mapping_exception": true,
+}
+
+// documentError reports whether an item error of type typ with reason
+// reason (as itemReason renders it, cause included) concerns the document:
+// one of documentErrorTypes, or an illegal_argument_exception about a
+// field's value or the document id.
+func documentError(typ, reason string) bool {
+	if documentErrorTypes[typ] {
+		return true
+	}
+	if typ != "illegal_argument_exception" {
+		return false
+	}
+	r := strings.ToLower(reason)
+	for _, about := range []string{"field", "value", "failed to parse", "id ["} {
+		if strings.Contains(r, about) {
+			return true
+		}
+	}
+	return false
 }
 
 func itemReason(r esutil.BulkIndexerResponseItem) string {

@@ -354,3 +354,93 @@ func (s store) Has(t testing.TB, rec proto.Message) bool {
 }
 
 func (s store) Total(t testing.TB) int { return searchtest.Total(t, s.cfg) }
+
+// TestItemErrorsNotAboutTheDocument: item errors that concern the cluster,
+// not the document (a 403 after an API key lost a privilege, an
+// index_not_found_exception where auto-creation is off, an
+// illegal_argument_exception about a setting), make Write return a
+// *runtime.FatalError and no PermanentError, so nothing is dead-lettered;
+// item errors about the document stay permanent. Behind the consumer
+// runtime, a stream of 403s leaves the dead-letter topic empty and commits
+// nothing. The real server cannot be made to answer these items, so the
+// fault proxy rewrites its answers.
+func TestItemErrorsNotAboutTheDocument(t *testing.T) {
+	srv := searchtest.Start(t)
+	item := func(status int, typ, reason string) func(map[string]any) {
+		return func(item map[string]any) {
+			item["status"] = status
+			item["error"] = map[string]any{"type": typ, "reason": reason}
+		}
+	}
+	tests := []struct {
+		name      string
+		item      func(map[string]any)
+		permanent bool
+	}{
+		{name: "403 security_exception", item: item(http.StatusForbidden, "security_exception",
+			"action [indices:data/write/bulk[s]] is unauthorized for API key id [x]")},
+		{name: "404 index_not_found_exception", item: item(http.StatusNotFound, "index_not_found_exception", "no such index [canvass-visits-2026.05]")},
+		{name: "400 illegal_argument_exception about a setting", item: item(http.StatusBadRequest, "illegal_argument_exception",
+			"no write index is defined for alias [canvass-visits]")},
+		{name: "400 mapper_parsing_exception", permanent: true, item: item(http.StatusBadRequest, "mapper_parsing_exception", "failed to parse")},
+		{name: "400 illegal_argument_exception about a field value", permanent: true, item: item(http.StatusBadRequest, "illegal_argument_exception",
+			"field [option] of type [long] cannot parse value [Green]")},
+	}
+	recs := searchtest.Generate(6, 100).Records()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := srv.Config(t)
+			addr, _ := proxy(t, srv.URL(), fault{name: tt.name, item: tt.item})
+			cfg.Addresses = []string{addr}
+			sink := searchtest.NewSink(t, cfg)
+			err := sink.Write(timeoutCtx(t), recs)
+			var perm *runtime.PermanentError
+			var fatal *runtime.FatalError
+			if tt.permanent {
+				if !errors.As(err, &perm) || len(perm.Failures) != 1 || errors.As(err, &fatal) {
+					t.Fatalf("Write = %v, want a *runtime.PermanentError for one record", err)
+				}
+				return
+			}
+			if !errors.As(err, &fatal) || !errors.Is(err, search.ErrNotIndexed) || errors.As(err, &perm) {
+				t.Fatalf("Write = %v, want a *runtime.FatalError wrapping ErrNotIndexed", err)
+			}
+		})
+	}
+
+	t.Run("consumer dead-letters nothing", func(t *testing.T) {
+		cfg := srv.Config(t)
+		addr, on := proxy(t, srv.URL(), fault{item: tests[0].item})
+		cfg.Addresses = []string{addr}
+		var writes atomic.Int64
+		inner := searchtest.NewSink(t, cfg)
+		sink := runtime.SinkFunc(inner.Name(), func(ctx context.Context, batch []runtime.Record) error {
+			writes.Add(1)
+			return inner.Write(ctx, batch)
+		})
+		k := devtest.Kafka(t)
+		sinktest.CreateTopics(t, k.Addr())
+		msgs := searchtest.Generate(7, 300).Messages()
+		sinktest.ProduceRecords(t, k.Addr(), msgs...)
+		ccfg := sinktest.ConsumerConfig(k.Addr(), topic.GroupSearch)
+		c := sinktest.Start(t, ccfg, sink)
+		// Several writes met the 403: had any been dead-lettered, its
+		// batch would have been committed.
+		sinktest.Eventually(t, time.Minute, func() error {
+			if n := writes.Load(); n < 5 {
+				return fmt.Errorf("%d writes so far", n)
+			}
+			return nil
+		})
+		if dl := sinktest.ReadTopic(t, k.Addr(), topic.DeadLetter); len(dl) != 0 {
+			t.Fatalf("%d records dead-lettered by an item-level 403, want none", len(dl))
+		}
+		for tp, off := range sinktest.Committed(t, k.Addr(), ccfg.GroupID) {
+			if off > 0 {
+				t.Fatalf("%s/%d committed up to %d during the 403s, want nothing", tp.Topic, tp.Partition, off)
+			}
+		}
+		c.Stop(t)
+		on.Store(false)
+	})
+}

@@ -38,6 +38,15 @@ const (
 	HeaderOriginOffset    = "origin-offset"
 	HeaderSink            = "sink"
 	HeaderError           = "error"
+	// HeaderRedriveOf is set by `chapper deadletter redrive` on what it
+	// re-drives: the dead letter's <partition>:<offset>.
+	HeaderRedriveOf = "redrive-of"
+	// HeaderAttempt counts deliveries of a re-driven record: 2 on its first
+	// redrive, and so on. A dead letter without it is the first attempt.
+	HeaderAttempt = "attempt"
+	// HeaderRedriveTo is set on the marker record redrive writes to the
+	// dead-letter topic after a successful redrive: "sink" or "origin".
+	HeaderRedriveTo = "redrive-to"
 )
 
 // Consumer group ids.

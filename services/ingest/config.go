@@ -40,6 +40,10 @@ type Config struct {
 	CreateTopics      bool
 	TopicPartitions   int
 	ReplicationFactor int
+	// TopicRetentionMs is retention.ms of the topics created at start-up;
+	// -1 (the default, also meant by 0) keeps records forever: the topics
+	// are the source of truth every store is rebuilt from.
+	TopicRetentionMs int64
 }
 
 // RegisterFlags registers the service's flags on fs under prefix (e.g.
@@ -56,6 +60,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.BoolVar(&c.CreateTopics, prefix+".create-topics", true, "Create every Chapper topic at start-up when it is missing.")
 	fs.IntVar(&c.TopicPartitions, prefix+".topic-partitions", 12, "Partitions of a topic created at start-up.")
 	fs.IntVar(&c.ReplicationFactor, prefix+".topic-replication-factor", 3, "Replication factor of a topic created at start-up (chapper dev uses 1).")
+	fs.Int64Var(&c.TopicRetentionMs, prefix+".topic-retention-ms", -1, "retention.ms of a topic created at start-up; -1 keeps records forever (the topics are the source of truth). An existing topic with a shorter retention is named in a warning.")
 }
 
 // Validate reports the first problem with the configuration.

@@ -149,3 +149,9 @@ func CreateIndex(t testing.TB, cfg search.Config, index, body string) {
 		t.Fatalf("creating index %s: status %d", index, status)
 	}
 }
+
+// DeleteIndex deletes index (a missing one is no error).
+func DeleteIndex(t testing.TB, cfg search.Config, index string) {
+	t.Helper()
+	do(t, cfg, http.MethodDelete, "/"+index, "", nil)
+}

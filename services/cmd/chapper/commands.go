@@ -30,8 +30,8 @@ var commands = []command{
 	{"loadgen", "submit generated records to an ingest endpoint and report throughput and latency", runLoadgen},
 	{"migrate", "apply the Postgres migrations to every shard and the router", runMigrate},
 	{"shards", "show and move logical Postgres shards (show, add, move, clean)", runShards},
-	notYet("replay", "re-read topics from an offset or a time into a sink", "the consumer runtime, issue 4"),
-	notYet("deadletter", "inspect and re-drive dead-lettered records", "the consumer runtime, issue 4"),
+	{"replay", "re-read topics from an offset or a time into a sink (replay clean drops checkpoints)", runReplay},
+	{"deadletter", "list, show and re-drive dead-lettered records", runDeadletter},
 	{"report", "run a ready-made reporting query against Elasticsearch (intentions, followups, canvassers, unknocked)", runReport},
 	notYet("token", "issue client tokens", "the gRPC-web authentication issue"),
 }
