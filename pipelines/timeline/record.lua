@@ -5,9 +5,29 @@
 --       4 keep (newest N), 5 ttl (ms), 6 news channel,
 --       7 TimelineEntry prefix (the body completes it), 8.. counter fields
 -- Returns 1 if the record was new, 0 if it had been counted before.
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
+--
+-- Redis does not roll back a script that fails part-way, so everything that
+-- could make a write fail (a key of another type, a counter that is not an
+-- integer) is checked before the first write: a broken key changes nothing,
+-- and once it is repaired the retried record is counted once.
+local want = {'set', 'zset', 'hash', 'hash'}
+for i = 1, 4 do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want[i] then
+    return redis.error_reply('CHAPPER_BADKEY key ' .. KEYS[i] .. ' is a ' .. t .. ', want a ' .. want[i])
+  end
+end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
   return 0
 end
+for i = 8, #ARGV do
+  local v = redis.call('HGET', KEYS[3], ARGV[i])
+  if v and not (string.match(v, '^-?%d+$') and #v < 19) then
+    return redis.error_reply('CHAPPER_BADKEY counter ' .. ARGV[i] .. ' of ' .. KEYS[3] ..
+      ' is not an integer below 10^18: ' .. string.format('%q', string.sub(v, 1, 40)))
+  end
+end
+redis.call('SADD', KEYS[1], ARGV[1])
 for i = 8, #ARGV do
   redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
 end

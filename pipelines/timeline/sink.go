@@ -94,8 +94,12 @@ func (s *Sink) Name() string { return "timeline" }
 // Write materialises a batch: one script call per record, all pipelined in
 // one round trip (split by slot on a cluster). Records that cannot be placed
 // on a timeline (not a record message, no id, no valid location) are
-// returned in a *runtime.PermanentError; the rest are written first. Redis
-// errors are returned as they are: transient, the runtime retries the batch.
+// returned in a *runtime.PermanentError; the rest are written first. A key
+// of the wrong type or a counter that is not an integer is a
+// *runtime.FatalError wrapping BrokenKeyError (the script checks before its
+// first write, so the record is written once the key is repaired). Other
+// Redis errors are returned as they are: transient, the runtime retries the
+// batch.
 func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	calls := make([]call, 0, len(batch))
 	var failures []runtime.Failure
@@ -144,23 +148,54 @@ func (s *Sink) pipeline(ctx context.Context, calls []call) error {
 		return nil
 	}
 	pipe := s.client.Pipeline()
-	for _, c := range calls {
-		s.script.EvalSha(ctx, pipe, c.keys, c.args...)
+	cmds := make([]*redis.Cmd, len(calls))
+	for i, c := range calls {
+		cmds[i] = s.script.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
-	cmds, err := pipe.Exec(ctx)
+	_, err := pipe.Exec(ctx)
 	if err == nil {
 		return nil
 	}
-	// Exec returns the first failed command's error; prefer a NOSCRIPT one
-	// so that exec knows to reload.
-	for _, cmd := range cmds {
-		if cerr := cmd.Err(); cerr != nil && redis.HasErrorPrefix(cerr, "NOSCRIPT") {
-			err = cerr
-			break
+	// Exec returns the first failed command's error. A NOSCRIPT one comes
+	// first, so that exec knows to reload; then a broken key, which no
+	// retry can repair.
+	var fatal error
+	for i, cmd := range cmds {
+		cerr := cmd.Err()
+		switch {
+		case cerr == nil:
+		case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
+			return fmt.Errorf("writing %d records to redis timelines: %w", len(calls), cerr)
+		case fatal == nil && isBrokenKey(cerr):
+			fatal = runtime.Fatal(fmt.Errorf("writing record %s to redis key %s: %w", calls[i].args[0], calls[i].keys[0], BrokenKeyError{cerr}))
 		}
+	}
+	if fatal != nil {
+		return fatal
 	}
 	return fmt.Errorf("writing %d records to redis timelines: %w", len(calls), err)
 }
+
+// isBrokenKey reports whether err is Redis refusing a write because of what
+// a key holds: the script's own check (CHAPPER_BADKEY) or Redis's WRONGTYPE.
+func isBrokenKey(err error) bool {
+	return redis.HasErrorPrefix(err, "CHAPPER_BADKEY") || redis.HasErrorPrefix(err, "WRONGTYPE") ||
+		strings.Contains(err.Error(), "not an integer")
+}
+
+// BrokenKeyError is a Redis key of the wrong type, or a counter field that is
+// not an integer, that stops a timeline write (inside a *runtime.FatalError):
+// no retry can help until an operator repairs or deletes the key. Nothing of
+// the record was written, so after the repair it is counted once.
+type BrokenKeyError struct{ Err error }
+
+func (e BrokenKeyError) Error() string {
+	return "broken timeline key (repair or delete it, then restart the pipeline): " +
+		strings.TrimPrefix(e.Err.Error(), "CHAPPER_BADKEY ")
+}
+
+// Unwrap returns the Redis error.
+func (e BrokenKeyError) Unwrap() error { return e.Err }
 
 // prepare builds the script call of one record.
 func (s *Sink) prepare(r runtime.Record) (call, error) {
