@@ -237,4 +237,3 @@ func mustLocality(t testing.TB, l *canvassv1.Location) int64 {
 	}
 	return int64(loc)
 }
-

@@ -113,4 +113,3 @@ func fixedSink(t testing.TB, client redis.UniversalClient, prefix string) *timel
 	}
 	return s
 }
-
