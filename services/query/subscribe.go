@@ -46,6 +46,11 @@ const (
 type chunkState struct {
 	chunk     int64
 	channel   string
+	// oldChannel is the chunk's channel under the prefix in force before a
+	// switch, still listened to until oldUntil: a batch that read the
+	// control keys before the switch publishes there (docs/query.md).
+	oldChannel string
+	oldUntil   time.Time
 	watchers  map[*watcher]struct{}
 	lastUsed  time.Time
 	confirmed bool
@@ -193,7 +198,7 @@ func (s *Service) confirm(channel string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.byChannel[channel]
-	if st == nil {
+	if st == nil || channel != st.channel {
 		return
 	}
 	st.confirmed = true
@@ -430,7 +435,13 @@ func (s *Service) sweep(now time.Time) {
 				delete(st.cache, k)
 			}
 		}
+		if st.oldChannel != "" && !now.Before(st.oldUntil) {
+			s.dropOldLocked(st)
+		}
 		if len(st.watchers) == 0 && now.Sub(st.lastUsed) >= s.cfg.SubscriptionIdle {
+			if st.oldChannel != "" {
+				s.dropOldLocked(st)
+			}
 			delete(s.chunks, chunk)
 			delete(s.byChannel, st.channel)
 			s.queueLocked(subOp{subscribe: false, channel: st.channel})
@@ -487,14 +498,34 @@ func (s *Service) switchTo(prefix string) {
 	prefixSwitchesTotal.Inc()
 	s.prefix = prefix
 	for _, st := range s.chunks {
-		delete(s.byChannel, st.channel)
-		s.queueLocked(subOp{subscribe: false, channel: st.channel})
+		if st.oldChannel != "" {
+			s.dropOldLocked(st)
+		}
+		// The old channel stays for switchGrace: records of batches that
+		// read the control keys just before the switch are published there,
+		// and the watchers need them once.
+		st.oldChannel, st.oldUntil = st.channel, time.Now().Add(switchGrace)
 		st.channel = timeline.NewsChannel(prefix, st.chunk)
 		s.byChannel[st.channel] = st
 		st.confirmed = false
 		s.invalidateLocked(st)
 		s.queueLocked(subOp{subscribe: true, channel: st.channel})
 	}
+}
+
+// switchGrace is how long a chunk's channel under the previous prefix is
+// still listened to after a switch: longer than one batch write of the
+// timeline sink.
+const switchGrace = 10 * time.Second
+
+// dropOldLocked unsubscribes a chunk's channel of the previous prefix.
+// s.mu is held.
+func (s *Service) dropOldLocked(st *chunkState) {
+	if s.byChannel[st.oldChannel] == st {
+		delete(s.byChannel, st.oldChannel)
+	}
+	s.queueLocked(subOp{subscribe: false, channel: st.oldChannel})
+	st.oldChannel = ""
 }
 
 // Prefix returns the key prefix the service reads under.
