@@ -230,4 +230,3 @@ func TestWatchCorrection(t *testing.T) {
 		})
 	}
 }
-

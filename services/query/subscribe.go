@@ -44,16 +44,16 @@ const (
 
 // chunkState is what the service keeps about one chunk. Guarded by s.mu.
 type chunkState struct {
-	chunk     int64
-	channel   string
+	chunk   int64
+	channel string
 	// oldChannel is the chunk's channel under the prefix in force before a
 	// switch, still listened to until oldUntil: a batch that read the
 	// control keys before the switch publishes there (docs/query.md).
 	oldChannel string
 	oldUntil   time.Time
-	watchers  map[*watcher]struct{}
-	lastUsed  time.Time
-	confirmed bool
+	watchers   map[*watcher]struct{}
+	lastUsed   time.Time
+	confirmed  bool
 	// gen changes on every news message, confirmation and disconnect; an
 	// answer is cached only if gen did not change while it was read.
 	gen   uint64
