@@ -26,8 +26,12 @@ var (
 	})
 	databaseErrorsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "chapper_persist_database_errors_total",
-		Help: "Transient write errors per shard database (down, read-only, ...); the batch is retried.",
+		Help: "Write errors per shard database (down, read-only, a missing column...); the batch is retried unless the error is fatal.",
 	}, []string{"database"})
+	lockLostTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_persist_lock_lost_total",
+		Help: "Batches whose router session (and shared shard map lock) died before the shards committed; rolled back and retried.",
+	})
 	mapVersion = promauto.NewGauge(prometheus.GaugeOpts{
 		Name: "chapper_persist_shard_map_version",
 		Help: "Version of the shard map the persister writes with.",

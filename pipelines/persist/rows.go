@@ -30,6 +30,7 @@ type row struct {
 	shard     int16
 	id        pgtype.UUID
 	visitID   pgtype.UUID
+	replaces  pgtype.UUID // the record this one corrects, if any
 	loc       locality.Index
 	lat, lon  float64
 	canvasser string
@@ -79,30 +80,40 @@ func toRow(i int, r runtime.Record, bits uint) (row, error) {
 			out.received = pgtype.Timestamptz{Time: t, Valid: true}
 		}
 	}
+	var replaces string
 	switch m := msg.(type) {
 	case *canvassv1.Visit:
 		out.a, out.b, out.c = m.GetDwellingId(), m.GetAddress(), outcomeName(m.GetOutcome())
+		replaces = m.GetReplacesId()
 	case *canvassv1.Intention:
-		if out.visitID, err = optionalUUID(m.GetVisitId()); err != nil {
+		if out.visitID, err = optionalUUID("visit_id", m.GetVisitId()); err != nil {
 			return row{}, err
 		}
 		out.a, out.b = m.GetElectorId(), m.GetOption()
+		replaces = m.GetReplacesId()
 	case *canvassv1.FollowupRequest:
-		if out.visitID, err = optionalUUID(m.GetVisitId()); err != nil {
+		if out.visitID, err = optionalUUID("visit_id", m.GetVisitId()); err != nil {
 			return row{}, err
 		}
 		out.a, out.b, out.c = m.GetElectorId(), m.GetIssue(), methodName(m.GetMethod())
+		replaces = m.GetReplacesId()
+	}
+	if out.replaces, err = optionalUUID("replaces_id", replaces); err != nil {
+		return row{}, err
+	}
+	if out.replaces.Valid && out.replaces.Bytes == out.id.Bytes {
+		return row{}, fmt.Errorf("%w: replaces_id %q: a record cannot replace itself", ErrUnstorable, replaces)
 	}
 	return out, nil
 }
 
-func optionalUUID(s string) (pgtype.UUID, error) {
+func optionalUUID(field, s string) (pgtype.UUID, error) {
 	if s == "" {
 		return pgtype.UUID{}, nil
 	}
 	id, err := uuid.Parse(s)
 	if err != nil {
-		return pgtype.UUID{}, fmt.Errorf("%w: visit_id %q: %v", ErrUnstorable, s, err)
+		return pgtype.UUID{}, fmt.Errorf("%w: %s %q: %v", ErrUnstorable, field, s, err)
 	}
 	return pgtype.UUID{Bytes: id, Valid: true}, nil
 }
@@ -125,27 +136,34 @@ func methodName(m canvassv1.Method) string {
 // transaction ends in one round trip and was faster for batches of hundreds.
 const (
 	insertVisits = `INSERT INTO visits (shard, id, locality, chunk, region, latitude, longitude, canvasser_id,
-		received_at, kafka_partition, kafka_offset, visited_at, dwelling_id, address, outcome)
-	SELECT s, i, l, c, r, la, lo, cv, ra, p, o, t, x1, x2, x3::visit_outcome
+		received_at, kafka_partition, kafka_offset, replaces_id, visited_at, dwelling_id, address, outcome)
+	SELECT s, i, l, c, r, la, lo, cv, ra, p, o, rp, t, x1, x2, x3::visit_outcome
 	FROM unnest($1::smallint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], $7::float8[],
-		$8::text[], $9::timestamptz[], $10::integer[], $11::bigint[], $12::timestamptz[], $13::text[], $14::text[], $15::text[])
-		AS u(s, i, l, c, r, la, lo, cv, ra, p, o, t, x1, x2, x3)
+		$8::text[], $9::timestamptz[], $10::integer[], $11::bigint[], $12::uuid[], $13::timestamptz[], $14::text[], $15::text[],
+		$16::text[])
+		AS u(s, i, l, c, r, la, lo, cv, ra, p, o, rp, t, x1, x2, x3)
 	ON CONFLICT (shard, id) DO NOTHING`
 	insertIntentions = `INSERT INTO intentions (shard, id, locality, chunk, region, latitude, longitude, canvasser_id,
-		received_at, kafka_partition, kafka_offset, recorded_at, visit_id, elector_id, option)
-	SELECT s, i, l, c, r, la, lo, cv, ra, p, o, t, v, x1, x2
+		received_at, kafka_partition, kafka_offset, replaces_id, recorded_at, visit_id, elector_id, option)
+	SELECT s, i, l, c, r, la, lo, cv, ra, p, o, rp, t, v, x1, x2
 	FROM unnest($1::smallint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], $7::float8[],
-		$8::text[], $9::timestamptz[], $10::integer[], $11::bigint[], $12::timestamptz[], $13::uuid[], $14::text[], $15::text[])
-		AS u(s, i, l, c, r, la, lo, cv, ra, p, o, t, v, x1, x2)
+		$8::text[], $9::timestamptz[], $10::integer[], $11::bigint[], $12::uuid[], $13::timestamptz[], $14::uuid[], $15::text[],
+		$16::text[])
+		AS u(s, i, l, c, r, la, lo, cv, ra, p, o, rp, t, v, x1, x2)
 	ON CONFLICT (shard, id) DO NOTHING`
 	insertFollowups = `INSERT INTO followups (shard, id, locality, chunk, region, latitude, longitude, canvasser_id,
-		received_at, kafka_partition, kafka_offset, recorded_at, visit_id, elector_id, issue, method)
-	SELECT s, i, l, c, r, la, lo, cv, ra, p, o, t, v, x1, x2, x3::followup_method
+		received_at, kafka_partition, kafka_offset, replaces_id, recorded_at, visit_id, elector_id, issue, method)
+	SELECT s, i, l, c, r, la, lo, cv, ra, p, o, rp, t, v, x1, x2, x3::followup_method
 	FROM unnest($1::smallint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], $7::float8[],
-		$8::text[], $9::timestamptz[], $10::integer[], $11::bigint[], $12::timestamptz[], $13::uuid[], $14::text[],
-		$15::text[], $16::text[])
-		AS u(s, i, l, c, r, la, lo, cv, ra, p, o, t, v, x1, x2, x3)
+		$8::text[], $9::timestamptz[], $10::integer[], $11::bigint[], $12::uuid[], $13::timestamptz[], $14::uuid[], $15::text[],
+		$16::text[], $17::text[])
+		AS u(s, i, l, c, r, la, lo, cv, ra, p, o, rp, t, v, x1, x2, x3)
 	ON CONFLICT (shard, id) DO NOTHING`
+	// insertReplaced records corrections' replaced ids; every database
+	// holding shards gets every correction (see shard migration 00002).
+	insertReplaced = `INSERT INTO replaced (kind, id, by_id, by_received)
+	SELECT k, i, b, r FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::timestamptz[]) AS u(k, i, b, r)
+	ON CONFLICT DO NOTHING`
 )
 
 // statement returns the insert of kind k with rows (all of kind k) as its
@@ -164,6 +182,7 @@ func statement(k topic.Kind, rows []row) (string, []any) {
 		received  = make([]pgtype.Timestamptz, n)
 		partition = make([]int32, n)
 		offset    = make([]int64, n)
+		replaces  = make([]pgtype.UUID, n)
 		at        = make([]pgtype.Timestamptz, n)
 		visitID   = make([]pgtype.UUID, n)
 		a         = make([]string, n)
@@ -176,8 +195,9 @@ func statement(k topic.Kind, rows []row) (string, []any) {
 		lat[i], lon[i], canvasser[i] = r.lat, r.lon, r.canvasser
 		received[i], partition[i], offset[i], at[i] = r.received, r.partition, r.offset, r.at
 		visitID[i], a[i], b[i], c[i] = r.visitID, r.a, r.b, r.c
+		replaces[i] = r.replaces
 	}
-	common := []any{shard, id, loc, chunk, region, lat, lon, canvasser, received, partition, offset, at}
+	common := []any{shard, id, loc, chunk, region, lat, lon, canvasser, received, partition, offset, replaces, at}
 	switch k {
 	case topic.KindVisits:
 		return insertVisits, append(common, a, b, c)
@@ -186,6 +206,24 @@ func statement(k topic.Kind, rows []row) (string, []any) {
 	default:
 		return insertFollowups, append(common, visitID, a, b, c)
 	}
+}
+
+// queueReplaced queues the insert of the replaced ids of corrections (rows
+// with replaces set) on b; nothing when there is none.
+func queueReplaced(b *pgx.Batch, corrections []row) {
+	if len(corrections) == 0 {
+		return
+	}
+	n := len(corrections)
+	kind, id, by := make([]string, n), make([]pgtype.UUID, n), make([]pgtype.UUID, n)
+	received := make([]pgtype.Timestamptz, n)
+	for i, r := range corrections {
+		kind[i], id[i], by[i], received[i] = string(r.kind), r.replaces, r.id, r.received
+		if !r.received.Valid {
+			received[i] = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+		}
+	}
+	b.Queue(insertReplaced, kind, id, by, received)
 }
 
 // queueInserts queues one insert per kind present in rows on b; done is

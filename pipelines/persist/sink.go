@@ -55,7 +55,18 @@ type Sink struct {
 	mu    sync.Mutex
 	m     *shardmap.Map
 	pools map[string]*pgxpool.Pool // by connection string
+
+	// Test seams (export_test.go): called in Write after every database
+	// inserted its rows and before the lock check, and after the lock check
+	// and before the commits.
+	afterInsert, beforeCommit func()
 }
+
+// ErrLockLost is wrapped by the (transient) error of a Write whose router
+// session, and with it the shared shard-map lock, died before the shard
+// databases committed: nothing was committed, and the retry writes under
+// the map current then.
+var ErrLockLost = errors.New("shard map lock lost before the shard databases committed")
 
 var _ runtime.Sink = (*Sink)(nil)
 
@@ -170,12 +181,18 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	defer lock.Rollback(context.WithoutCancel(ctx))
 	version, err := shardmap.LockShared(ctx, lock)
 	if err != nil {
+		if isFatal(err) {
+			return runtime.Fatal(err)
+		}
 		return err
 	}
 	lockWaitSeconds.Observe(time.Since(start).Seconds())
 	m := s.Map()
 	if version != m.Version {
 		if m, err = shardmap.Load(ctx, lock); err != nil {
+			if isFatal(err) {
+				return runtime.Fatal(fmt.Errorf("reloading the shard map: %w", err))
+			}
 			return fmt.Errorf("reloading the shard map: %w", err)
 		}
 		if err := s.setMap(m); err != nil {
@@ -185,6 +202,7 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 
 	var failures []runtime.Failure
 	groups := map[string][]row{}
+	var corrections []row
 	for i, rec := range batch {
 		r, err := toRow(i, rec, m.Bits)
 		if err != nil {
@@ -193,33 +211,87 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		}
 		db := m.Shards[r.shard]
 		groups[db] = append(groups[db], r)
+		if r.replaces.Valid {
+			corrections = append(corrections, r)
+		}
+	}
+	if len(corrections) > 0 {
+		// A correction may replace a record in any shard: every database
+		// holding shards learns its replaced id, in this same pass.
+		for _, d := range m.Databases {
+			if _, ok := groups[d.Name]; !ok && len(m.ShardsOn(d.Name)) > 0 {
+				groups[d.Name] = nil
+			}
+		}
 	}
 
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
+	// Phase one: every database inserts its group in an open transaction.
+	preps := make([]*prepared, 0, len(groups))
+	var wg sync.WaitGroup
 	for name, rows := range groups {
 		d, _ := m.Database(name)
+		p := &prepared{name: name, rows: len(rows)}
+		preps = append(preps, p)
+		wg.Go(func() { p.tx, p.counts, p.bad, p.err = s.prepare(ctx, d, rows, corrections) })
+	}
+	wg.Wait()
+	if s.afterInsert != nil {
+		s.afterInsert()
+	}
+	// Phase two: the lock must still be held when the shards commit. The
+	// router session may have died since it was granted (idle timeout,
+	// terminated backend, TCP reset), and with it the lock: a shard move may
+	// then have switched the map and these rows belong elsewhere. Every
+	// insert above took its table locks before this check succeeded, so a
+	// move that took the write lock after it waits for these commits on the
+	// old database (see shards.Move) before it verifies and deletes there.
+	if _, err := lock.Exec(ctx, "SELECT 1"); err != nil {
+		for _, p := range preps {
+			if p.tx != nil {
+				_ = p.tx.Rollback(context.WithoutCancel(ctx))
+			}
+		}
+		lockLostTotal.Inc()
+		return fmt.Errorf("checking the shard map lock before committing %d records: %w (%w)", len(batch), ErrLockLost, err)
+	}
+	if s.beforeCommit != nil {
+		s.beforeCommit()
+	}
+	// Phase three: commit. Every database finishes its transaction, even
+	// when another failed: what committed need not be written again on the
+	// retry.
+	for _, p := range preps {
+		if p.err != nil {
+			continue
+		}
 		wg.Go(func() {
-			bad, err := s.writeDatabase(ctx, d, rows)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				databaseErrorsTotal.WithLabelValues(name).Inc()
-				errs = append(errs, fmt.Errorf("writing %d rows to shard database %s: %w", len(rows), name, err))
+			if err := p.tx.Commit(ctx); err != nil {
+				p.err = err
 				return
 			}
-			for _, b := range bad {
-				failures = append(failures, runtime.Failure{Record: batch[b.rec], Reason: b.reason})
-			}
+			countRows(p.counts)
 		})
 	}
-	// Every database finishes its transaction, even when another failed:
-	// what committed need not be written again on the retry.
 	wg.Wait()
+	var (
+		errs  []error
+		fatal bool
+	)
+	for _, p := range preps {
+		if p.err != nil {
+			databaseErrorsTotal.WithLabelValues(p.name).Inc()
+			fatal = fatal || isFatal(p.err)
+			errs = append(errs, fmt.Errorf("writing %d rows to shard database %s: %w", p.rows, p.name, p.err))
+			continue
+		}
+		for _, b := range p.bad {
+			failures = append(failures, runtime.Failure{Record: batch[b.rec], Reason: b.reason})
+		}
+	}
 	if len(errs) > 0 {
+		if fatal {
+			return runtime.Fatal(errors.Join(errs...))
+		}
 		return errors.Join(errs...)
 	}
 	if len(failures) > 0 {
@@ -233,57 +305,78 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	return nil
 }
 
+// prepared is one database's share of a batch, inserted in tx and not yet
+// committed.
+type prepared struct {
+	name   string
+	rows   int
+	tx     pgx.Tx // open when err is nil
+	counts []count
+	bad    []rejection
+	err    error
+}
+
 // rejection is a row the database refused for good.
 type rejection struct {
 	rec    int
 	reason error
 }
 
-// writeDatabase writes rows to database d in one transaction. When the
-// database refuses some rows' data it writes the rest, row by row, and
-// returns the refused ones.
-func (s *Sink) writeDatabase(ctx context.Context, d shardmap.Database, rows []row) ([]rejection, error) {
+// prepare inserts rows, and the replaced ids of the batch's corrections,
+// into database d in one transaction and returns it open, ready to commit.
+// When the database refuses some rows' data it inserts the rest, row by
+// row, and returns the refused ones.
+func (s *Sink) prepare(ctx context.Context, d shardmap.Database, rows, corrections []row) (pgx.Tx, []count, []rejection, error) {
 	pool, err := s.pool(d)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	err = insertAll(ctx, pool, rows)
+	tx, counts, err := insertAll(ctx, pool, rows, corrections)
 	if err == nil || !isDataError(err) {
-		return nil, err
+		return tx, counts, nil, err
 	}
 	s.log.Debug("shard database refused a batch; writing it row by row", "database", d.Name, "rows", len(rows), "err", err)
-	return insertEach(ctx, pool, rows)
+	return insertEach(ctx, pool, rows, corrections)
 }
 
-// insertAll writes rows in one transaction: begin, one insert per table and
-// commit go out together.
-func insertAll(ctx context.Context, pool *pgxpool.Pool, rows []row) error {
+// insertAll inserts rows and corrections' replaced ids in one transaction
+// (begin and one insert per table go out together) and returns it open.
+func insertAll(ctx context.Context, pool *pgxpool.Pool, rows, corrections []row) (pgx.Tx, []count, error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
 	var counts []count
 	b := &pgx.Batch{}
+	queueReplaced(b, corrections)
 	queueInserts(b, rows, func(k topic.Kind, n, inserted int) { counts = append(counts, count{k, n, inserted}) })
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return err
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, nil, err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
-	}
-	countRows(counts)
-	return nil
+	return tx, counts, nil
 }
 
-// insertEach writes rows one at a time behind savepoints, in one
-// transaction, and returns the rows the database refused for good.
-func insertEach(ctx context.Context, pool *pgxpool.Pool, rows []row) ([]rejection, error) {
+// insertEach inserts rows one at a time behind savepoints, in one
+// transaction that it returns open, with the rows the database refused for
+// good.
+func insertEach(ctx context.Context, pool *pgxpool.Pool, rows, corrections []row) (_ pgx.Tx, _ []count, _ []rejection, err error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if len(corrections) > 0 {
+		b := &pgx.Batch{}
+		queueReplaced(b, corrections)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, nil, nil, err
+		}
+	}
 	var (
 		counts []count
 		bad    []rejection
@@ -300,20 +393,16 @@ func insertEach(ctx context.Context, pool *pgxpool.Pool, rows []row) ([]rejectio
 			continue
 		}
 		if !isDataError(err) {
-			return nil, err
+			return nil, nil, nil, err
 		}
 		bad = append(bad, rejection{r.rec, fmt.Errorf("inserting into %s: %w", r.kind, err)})
 		// simple protocol: an aborted transaction refuses to parse anything
 		// but its way out
 		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT persist_row; RELEASE SAVEPOINT persist_row"); err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, err
-	}
-	countRows(counts)
-	return bad, nil
+	return tx, counts, bad, nil
 }
 
 type count struct {
@@ -326,6 +415,21 @@ func countRows(counts []count) {
 		rowsTotal.WithLabelValues(string(c.kind), "inserted").Add(float64(c.inserted))
 		rowsTotal.WithLabelValues(string(c.kind), "duplicate").Add(float64(c.n - c.inserted))
 	}
+}
+
+// isFatal reports whether err is one no retry can help: the database
+// refuses the statement itself, not the data (SQLSTATE class 42, syntax
+// error or access rule violation: an undefined table or column after a
+// missed migration, insufficient privilege; class 3F, an invalid schema).
+// The deployment must be fixed; the consumer stops rather than retry for
+// ever or dead-letter a healthy stream.
+func isFatal(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
+		return false
+	}
+	class := pgErr.Code[:2]
+	return class == "42" || class == "3F"
 }
 
 // isDataError reports whether err is the database refusing the data itself

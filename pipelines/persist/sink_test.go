@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -449,8 +450,11 @@ func TestReadOnlyDatabaseIsTransient(t *testing.T) {
 	sawReadOnly := false
 	for range 3 { // the first write may only find its pooled connections closed
 		err := sink.Write(ctx, batch)
-		var perm *runtime.PermanentError
-		if err == nil || errors.As(err, &perm) {
+		var (
+			perm  *runtime.PermanentError
+			fatal *runtime.FatalError
+		)
+		if err == nil || errors.As(err, &perm) || errors.As(err, &fatal) {
 			t.Fatalf("Write to a read-only database = %v, want a transient error", err)
 		}
 		var pgErr *pgconn.PgError
@@ -474,6 +478,91 @@ func TestReadOnlyDatabaseIsTransient(t *testing.T) {
 	}
 	if got := env.Total(t); got != len(msgs) {
 		t.Errorf("rows = %d, want %d", got, len(msgs))
+	}
+}
+
+// TestSchemaErrorsAreFatal: a statement the database refuses whatever the
+// data (SQLSTATE class 42: a dropped column or table after a missed
+// migration, a revoked privilege) is a *runtime.FatalError, never a dead
+// letter and never retried for ever; once the schema is repaired the same
+// batch is stored.
+func TestSchemaErrorsAreFatal(t *testing.T) {
+	for _, tc := range []struct {
+		name, breakSQL, repairSQL, code string
+	}{
+		{name: "undefined column", code: "42703",
+			breakSQL:  "ALTER TABLE intentions RENAME COLUMN option TO option_gone",
+			repairSQL: "ALTER TABLE intentions RENAME COLUMN option_gone TO option"},
+		{name: "undefined table", code: "42P01",
+			breakSQL:  "ALTER TABLE followups RENAME TO followups_gone",
+			repairSQL: "ALTER TABLE followups_gone RENAME TO followups"},
+		{name: "insufficient privilege", code: "42501",
+			breakSQL:  "REVOKE INSERT ON visits FROM chapper_test_writer",
+			repairSQL: "GRANT INSERT ON visits TO chapper_test_writer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
+			env := persisttest.New(t)
+			broken := env.ShardPool(t, 1)
+			if tc.code == "42501" {
+				asWriter(t, ctx, env, 1)
+			}
+			sink := newSink(t, env)
+			msgs := spread(31, 120)
+			batch := records(0, msgs...)
+			if _, err := broken.Exec(ctx, tc.breakSQL); err != nil {
+				t.Fatal(err)
+			}
+			err := sink.Write(ctx, batch)
+			var (
+				fatal *runtime.FatalError
+				pgErr *pgconn.PgError
+			)
+			if !errors.As(err, &fatal) {
+				t.Fatalf("Write = %v, want a *runtime.FatalError", err)
+			}
+			if !errors.As(err, &pgErr) || pgErr.Code != tc.code {
+				t.Errorf("Write = %v, want SQLSTATE %s inside", err, tc.code)
+			}
+			if _, err := broken.Exec(ctx, tc.repairSQL); err != nil {
+				t.Fatal(err)
+			}
+			if err := sink.Write(ctx, batch); err != nil {
+				t.Fatalf("Write after the repair: %v", err)
+			}
+			if got := env.Total(t); got != len(msgs) {
+				t.Errorf("rows = %d, want %d", got, len(msgs))
+			}
+		})
+	}
+}
+
+// asWriter points shard database i of env at a login role
+// chapper_test_writer that may only select and insert, as a production
+// persister's role would.
+func asWriter(t testing.TB, ctx context.Context, env *persisttest.Env, i int) {
+	t.Helper()
+	admin := env.ShardPool(t, i)
+	for _, q := range []string{
+		`DO $$ BEGIN CREATE ROLE chapper_test_writer LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$`,
+		`GRANT SELECT, INSERT ON visits, intentions, followups TO chapper_test_writer`,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(env.Shards[i].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User("chapper_test_writer")
+	ci, err := shardmap.Conninfo(u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := persisttest.Pool(t, env.RouterURL)
+	if _, err := router.Exec(ctx, `UPDATE shard_databases SET conninfo = $1 WHERE name = $2`, ci, env.Shards[i].Name); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -42,6 +42,8 @@ var (
 	ErrSameDatabase   = errors.New("the shard is already in that database")
 	ErrNoShard        = errors.New("no such logical shard")
 	ErrCountMismatch  = errors.New("row counts differ after copying")
+	ErrMissingRows    = errors.New("rows of the old copy are missing in the new one")
+	ErrLateRows       = errors.New("rows arrived in the old database after the move verified it")
 )
 
 // Config configures the shard tool.
@@ -289,10 +291,10 @@ func (t *Tool) moveLock(ctx context.Context) (release func(), err error) {
 // writeLock takes shardmap.WriteLock exclusively on a dedicated router
 // connection, waiting at most LockTimeout for the batches in flight. While
 // it is held no persister writes.
-func (t *Tool) writeLock(ctx context.Context) (release func(), waited time.Duration, err error) {
-	conn, err := t.router.Acquire(ctx)
+func (t *Tool) writeLock(ctx context.Context) (conn *pgxpool.Conn, release func(), waited time.Duration, err error) {
+	conn, err = t.router.Acquire(ctx)
 	if err != nil {
-		return nil, 0, fmt.Errorf("connecting to the router database: %w", err)
+		return nil, nil, 0, fmt.Errorf("connecting to the router database: %w", err)
 	}
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, t.cfg.LockTimeout)
@@ -301,9 +303,9 @@ func (t *Tool) writeLock(ctx context.Context) (release func(), waited time.Durat
 		// a cancelled wait may leave the connection in doubt: drop it
 		_ = conn.Conn().Close(context.WithoutCancel(ctx))
 		conn.Release()
-		return nil, 0, fmt.Errorf("taking the write lock (waiting for in-flight batches): %w", err)
+		return nil, nil, 0, fmt.Errorf("taking the write lock (waiting for in-flight batches): %w", err)
 	}
-	return func() { unlock(conn, `SELECT pg_advisory_unlock($1)`, shardmap.WriteLock) }, time.Since(start), nil
+	return conn, func() { unlock(conn, `SELECT pg_advisory_unlock($1)`, shardmap.WriteLock) }, time.Since(start), nil
 }
 
 // unlock runs an advisory unlock; if that fails, closing the session
@@ -367,7 +369,7 @@ func (t *Tool) Move(ctx context.Context, shard int, to string, w io.Writer) erro
 
 	// Rows of this shard in the target are left from an earlier move away
 	// or an interrupted one: never read by the router, replaced now.
-	if n, err := deleteShard(ctx, dp, shard); err != nil {
+	if n, err := deleteShard(ctx, dp, shard, counts{-1, -1, -1}); err != nil {
 		return fmt.Errorf("deleting stale rows of shard %d in %s: %w", shard, to, err)
 	} else if n.total() > 0 {
 		fmt.Fprintf(w, "deleted stale rows of shard %d in %s: %s\n", shard, to, n)
@@ -393,34 +395,46 @@ func (t *Tool) Move(ctx context.Context, shard int, to string, w io.Writer) erro
 		}
 	}
 
-	// Final round under the lock: nothing is written meanwhile.
-	unlockWrites, waited, err := t.writeLock(ctx)
+	// Final round under the lock: nothing is written meanwhile by a
+	// persister that still holds its shared lock.
+	lockConn, unlockWrites, waited, err := t.writeLock(ctx)
 	if err != nil {
 		return err
 	}
 	paused := time.Now()
+	var final counts
 	version, err := func() (int64, error) {
 		defer unlockWrites()
-		n, err := cp.copy(ctx, mark, counts{-1, -1, -1})
+		var err error
+		if final, err = readMark(ctx, sp); err != nil {
+			return 0, err
+		}
+		n, err := cp.copy(ctx, mark, final)
 		if err != nil {
 			return 0, err
 		}
 		fmt.Fprintf(w, "final round (writes paused): copied %s\n", n)
-		cs, err := shardCounts(ctx, sp, shard)
+		if _, err := cp.copyReplaced(ctx); err != nil {
+			return 0, err
+		}
+		cs, err := shardCounts(ctx, sp, shard, final)
 		if err != nil {
 			return 0, fmt.Errorf("counting rows in %s: %w", from, err)
 		}
-		cd, err := shardCounts(ctx, dp, shard)
+		cd, err := shardCounts(ctx, dp, shard, counts{-1, -1, -1})
 		if err != nil {
 			return 0, fmt.Errorf("counting rows in %s: %w", to, err)
 		}
 		if cs != cd {
 			return 0, fmt.Errorf("shard %d: %s has %s, %s has %s: %w; the map is unchanged", shard, from, cs, to, cd, ErrCountMismatch)
 		}
-		fmt.Fprintf(w, "verified: both databases hold %s\n", cs)
+		fmt.Fprintf(w, "counted: both databases hold %s\n", cs)
 		next := m.Clone()
 		next.Shards[shard] = to
-		tx, err := t.router.Begin(ctx)
+		// Published on the session that holds the write lock: if that
+		// session died meanwhile (and with it the lock, so persisters may
+		// have written under the old map), the switch does not happen.
+		tx, err := lockConn.Begin(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("publishing the new map: %w", err)
 		}
@@ -440,57 +454,112 @@ func (t *Tool) Move(ctx context.Context, shard int, to string, w io.Writer) erro
 	fmt.Fprintf(w, "switched: map version %d; writes paused %s (plus %s waiting for in-flight batches)\n",
 		version, time.Since(paused).Round(time.Millisecond), waited.Round(time.Millisecond))
 
-	// The old copy is frozen now; the new one only grows.
-	cs, err := shardCounts(ctx, sp, shard)
+	// A persister whose router session died while it wrote (idle timeout,
+	// terminated backend, TCP reset) lost its shared lock without knowing:
+	// its rows may still land in the old database after the final round.
+	// It checks its lock after inserting and before committing, so any such
+	// transaction already holds its table locks now; a SHARE lock on the
+	// tables waits for every one of them to end. Then the rows that came
+	// after the final mark are copied, and every row of the shard in the old
+	// database is looked up in the new one before anything is deleted.
+	if err := barrier(ctx, sp, t.cfg.LockTimeout); err != nil {
+		return fmt.Errorf("waiting for writes in flight on %s: %w; the old copy is kept (`chapper shards clean` deletes it)", from, err)
+	}
+	upto, err := readMark(ctx, sp)
 	if err != nil {
-		return fmt.Errorf("counting rows in %s: %w", from, err)
+		return err
 	}
-	cd, err := shardCounts(ctx, dp, shard)
+	late, err := cp.copy(ctx, final, upto)
 	if err != nil {
-		return fmt.Errorf("counting rows in %s: %w", to, err)
+		return fmt.Errorf("%w; the old copy is kept", err)
 	}
-	for i := range cs {
-		if cd[i] < cs[i] {
-			return fmt.Errorf("shard %d: %s has %s, %s only %s: %w; the old copy is kept", shard, from, cs, to, cd, ErrCountMismatch)
-		}
+	if late.total() > 0 {
+		fmt.Fprintf(w, "copied rows committed after the final round (writers that lost their lock): %s\n", late)
 	}
-	n, err := deleteShard(ctx, sp, shard)
+	if _, err := cp.copyReplaced(ctx); err != nil {
+		return fmt.Errorf("%w; the old copy is kept", err)
+	}
+	checked, err := cp.verify(ctx, upto)
+	if err != nil {
+		return fmt.Errorf("shard %d: %w; the old copy in %s is kept", shard, err, from)
+	}
+	fmt.Fprintf(w, "verified: every row of shard %d in %s is in %s (%s)\n", shard, from, to, checked)
+	n, err := deleteShard(ctx, sp, shard, upto)
 	if err != nil {
 		return fmt.Errorf("deleting the old copy of shard %d in %s: %w (`chapper shards clean` retries)", shard, from, err)
 	}
-	fmt.Fprintf(w, "deleted the old copy in %s: %s\ndone in %s\n", from, n, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(w, "deleted the old copy in %s: %s\n", from, n)
+	left, err := shardCounts(ctx, sp, shard, counts{-1, -1, -1})
+	if err != nil {
+		return fmt.Errorf("counting rows left in %s: %w", from, err)
+	}
+	if left.total() > 0 {
+		return fmt.Errorf("shard %d: %s holds %s written after the verification: %w; kept as stray rows (a writer outside the lock?)",
+			shard, from, left, ErrLateRows)
+	}
+	fmt.Fprintf(w, "done in %s\n", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// barrier waits, at most timeout, until every transaction that is writing
+// to the record tables of the database behind pool has ended: a SHARE lock
+// conflicts with the ROW EXCLUSIVE lock every insert holds until it
+// commits. Writers queue behind it only while it waits.
+func barrier(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) error {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", max(1, timeout.Milliseconds()))); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(Tables, ", ")+" IN SHARE MODE"); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// readMark returns the highest seq per table of the database behind pool.
+func readMark(ctx context.Context, pool *pgxpool.Pool) (counts, error) {
+	var c counts
+	err := pool.QueryRow(ctx, `SELECT (SELECT coalesce(max(seq), 0) FROM visits),
+		(SELECT coalesce(max(seq), 0) FROM intentions), (SELECT coalesce(max(seq), 0) FROM followups)`).Scan(&c[0], &c[1], &c[2])
+	if err != nil {
+		return counts{}, fmt.Errorf("reading the copy mark: %w", err)
+	}
+	return c, nil
 }
 
 // mark reads the highest seq per table of the source database while holding
 // the write lock (briefly: only in-flight batches are waited for).
 func (t *Tool) mark(ctx context.Context, src *pgxpool.Pool) (counts, time.Duration, error) {
-	unlockWrites, waited, err := t.writeLock(ctx)
+	_, unlockWrites, waited, err := t.writeLock(ctx)
 	if err != nil {
 		return counts{}, 0, err
 	}
 	defer unlockWrites()
-	var c counts
-	err = src.QueryRow(ctx, `SELECT (SELECT coalesce(max(seq), 0) FROM visits),
-		(SELECT coalesce(max(seq), 0) FROM intentions), (SELECT coalesce(max(seq), 0) FROM followups)`).Scan(&c[0], &c[1], &c[2])
-	if err != nil {
-		return counts{}, 0, fmt.Errorf("reading the copy mark: %w", err)
-	}
-	return c, waited, nil
+	c, err := readMark(ctx, src)
+	return c, waited, err
 }
 
-func shardCounts(ctx context.Context, pool *pgxpool.Pool, shard int) (counts, error) {
+// shardCounts counts the rows of shard per table, only those with seq up
+// to upto[i] (upto[i] < 0: all).
+func shardCounts(ctx context.Context, pool *pgxpool.Pool, shard int, upto counts) (counts, error) {
 	var c counts
-	err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM visits WHERE shard = $1),
-		(SELECT count(*) FROM intentions WHERE shard = $1), (SELECT count(*) FROM followups WHERE shard = $1)`, shard).
+	err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM visits WHERE shard = $1 AND ($2 < 0 OR seq <= $2)),
+		(SELECT count(*) FROM intentions WHERE shard = $1 AND ($3 < 0 OR seq <= $3)),
+		(SELECT count(*) FROM followups WHERE shard = $1 AND ($4 < 0 OR seq <= $4))`, shard, upto[0], upto[1], upto[2]).
 		Scan(&c[0], &c[1], &c[2])
 	return c, err
 }
 
-func deleteShard(ctx context.Context, pool *pgxpool.Pool, shard int) (counts, error) {
+// deleteShard deletes the rows of shard, per table only those with seq up
+// to upto[i] (upto[i] < 0: all).
+func deleteShard(ctx context.Context, pool *pgxpool.Pool, shard int, upto counts) (counts, error) {
 	var c counts
 	for i, tbl := range Tables {
-		tag, err := pool.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE shard = $1", tbl), shard)
+		tag, err := pool.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE shard = $1 AND ($2 < 0 OR seq <= $2)", tbl), shard, upto[i])
 		if err != nil {
 			return c, err
 		}
@@ -571,23 +640,11 @@ func (c *copier) copyTable(ctx context.Context, tbl, cols, where string) (int64,
 	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA", tmp, cols, tbl)); err != nil {
 		return 0, err
 	}
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		_, err := sconn.Conn().PgConn().CopyTo(ctx, pw,
-			fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s) TO STDOUT (FORMAT binary)", cols, tbl, where))
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	_, err = tx.Conn().PgConn().CopyFrom(ctx, pr, fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", tmp, cols))
-	pr.CloseWithError(err) // unblocks the reader side if CopyFrom stopped early
-	if cerr := <-done; cerr != nil {
-		return 0, cerr
-	}
-	if err != nil {
+	if _, err := pipe(ctx, sconn, tx, fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s) TO STDOUT (FORMAT binary)", cols, tbl, where),
+		fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", tmp, cols)); err != nil {
 		return 0, err
 	}
-	tag, err := tx.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s ON CONFLICT (shard, id) DO NOTHING", tbl, cols, cols, tmp))
+	tag, err := tx.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s ON CONFLICT DO NOTHING", tbl, cols, cols, tmp))
 	if err != nil {
 		return 0, err
 	}
@@ -631,7 +688,7 @@ func (t *Tool) Clean(ctx context.Context, w io.Writer) error {
 			return fmt.Errorf("connecting to %s: %w", d.Name, err)
 		}
 		for _, s := range stray {
-			n, err := deleteShard(ctx, pool, s)
+			n, err := deleteShard(ctx, pool, s, counts{-1, -1, -1})
 			if err != nil {
 				pool.Close()
 				return fmt.Errorf("deleting stray rows of shard %d in %s: %w", s, d.Name, err)
@@ -643,4 +700,92 @@ func (t *Tool) Clean(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "deleted %d stray rows\n", total)
 	return nil
+}
+
+// copyReplaced copies the replaced ids of corrections (every database
+// holding shards has all of them) from the source to the target, which
+// may not have held any shard before.
+func (c *copier) copyReplaced(ctx context.Context) (int64, error) {
+	n, err := c.copyTable(ctx, "replaced", "kind, id, by_id, by_received", "true")
+	if err != nil {
+		return 0, fmt.Errorf("copying the replaced ids of corrections: %w", err)
+	}
+	return n, nil
+}
+
+// verify checks by content that every row of the shard in the source with
+// seq up to upto[i] is in the target: the ids are streamed into a temporary
+// table on the target and looked up there. It returns the rows checked, or
+// an error wrapping ErrMissingRows naming some missing ids.
+func (c *copier) verify(ctx context.Context, upto counts) (counts, error) {
+	var n counts
+	for i, tbl := range Tables {
+		checked, missing, err := c.verifyTable(ctx, tbl, fmt.Sprintf("shard = %d AND seq <= %d", c.shard, upto[i]))
+		if err != nil {
+			return n, fmt.Errorf("verifying %s of shard %d: %w", tbl, c.shard, err)
+		}
+		if len(missing) > 0 {
+			return n, fmt.Errorf("%s: %w, e.g. %s", tbl, ErrMissingRows, strings.Join(missing, ", "))
+		}
+		n[i] = checked
+	}
+	return n, nil
+}
+
+func (c *copier) verifyTable(ctx context.Context, tbl, where string) (checked int64, missing []string, err error) {
+	sconn, err := c.src.Acquire(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer sconn.Release()
+	dconn, err := c.dst.Acquire(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer dconn.Release()
+	tx, err := dconn.Begin(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	tmp := "verify_" + tbl
+	if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TEMP TABLE %s (id uuid) ON COMMIT DROP", tmp)); err != nil {
+		return 0, nil, err
+	}
+	tag, err := pipe(ctx, sconn, tx, fmt.Sprintf("COPY (SELECT id FROM %s WHERE %s) TO STDOUT (FORMAT binary)", tbl, where),
+		fmt.Sprintf("COPY %s (id) FROM STDIN (FORMAT binary)", tmp))
+	if err != nil {
+		return 0, nil, err
+	}
+	rows, err := tx.Query(ctx, fmt.Sprintf(`SELECT v.id::text FROM %s v
+		WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.shard = %d AND t.id = v.id) LIMIT 5`, tmp, tbl, c.shard))
+	if err != nil {
+		return 0, nil, err
+	}
+	missing, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, nil, err
+	}
+	return tag, missing, nil
+}
+
+// pipe streams the output of copyOut on src into copyIn on tx and returns
+// the rows copied.
+func pipe(ctx context.Context, src *pgxpool.Conn, tx pgx.Tx, copyOut, copyIn string) (int64, error) {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := src.Conn().PgConn().CopyTo(ctx, pw, copyOut)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, pr, copyIn)
+	pr.CloseWithError(err) // unblocks the writer side if CopyFrom stopped early
+	if cerr := <-done; cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), nil
 }
