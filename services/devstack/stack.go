@@ -33,13 +33,19 @@ type StackConfig struct {
 	// Partitions is the partition count of topics created with the
 	// broker's default.
 	Partitions int
+	// KafkaFsync fsyncs every produced batch before the broker
+	// acknowledges it (KafkaConfig.SyncWrites). Off by default: each batch
+	// is written to its files before the ack, which a process crash cannot
+	// undo; only a power cut can lose the last moments.
+	KafkaFsync bool
 	// Logger receives the servers' start/stop events; nil means
 	// slog.Default().
 	Logger *slog.Logger
 }
 
 // RegisterFlags registers the stack's flags under prefix, e.g. dev.dir,
-// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions.
+// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions,
+// dev.kafka-fsync.
 func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/, search/); kept across runs.")
 	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
@@ -47,6 +53,7 @@ func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.RedisAddr, prefix+".redis-addr", "127.0.0.1:16379", "Listen address of the private redis-server.")
 	fs.StringVar(&c.SearchAddr, prefix+".search-addr", "127.0.0.1:19200", "Listen address of the embedded search server (Elasticsearch API subset).")
 	fs.IntVar(&c.Partitions, prefix+".partitions", 12, "Partitions of topics created with the broker's default.")
+	fs.BoolVar(&c.KafkaFsync, prefix+".kafka-fsync", false, "Fsync every produced batch before the embedded broker acknowledges it (survives a power cut; much slower). Without it each batch is written to its files before the ack, which survives a crash of chapper.")
 }
 
 // ErrStackConfig reports an incomplete StackConfig.
@@ -69,8 +76,9 @@ func (c *StackConfig) Validate() error {
 // Stack is dev mode's embedded stack, every server's data under one
 // directory.
 type Stack struct {
-	// Kafka is the embedded broker; it fsyncs every produced batch, so an
-	// acknowledged record survives a SIGKILL of chapper.
+	// Kafka is the embedded broker; it writes every produced batch to its
+	// files before acknowledging it, so an acknowledged record survives a
+	// SIGKILL of chapper (and a power cut with StackConfig.KafkaFsync).
 	Kafka *Kafka
 	// Postgres is the private cluster with the databases chapper_router,
 	// chapper_shard_0 and chapper_shard_1.
@@ -111,12 +119,12 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 		Addr:       cfg.KafkaAddr,
 		DataDir:    filepath.Join(dir, "kafka"),
 		Partitions: cfg.Partitions,
-		SyncWrites: true,
+		SyncWrites: cfg.KafkaFsync,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log.Info("embedded kafka started", "addr", s.Kafka.Addr(), "data_dir", filepath.Join(dir, "kafka"))
+	log.Info("embedded kafka started", "addr", s.Kafka.Addr(), "data_dir", filepath.Join(dir, "kafka"), "fsync", cfg.KafkaFsync)
 
 	// Postgres and Redis start side by side: initdb dominates a first run.
 	var wg sync.WaitGroup
