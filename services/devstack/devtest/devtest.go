@@ -98,7 +98,9 @@ func Run(m *testing.M, opts ...goleak.Option) int {
 
 // leakIgnores are goroutines that outlive the tests by design, each
 // checked: Bleve's analysis workers (started by an init of
-// bleve_index_api, in every binary that links the search server) and
+// bleve_index_api, in every binary that links the search server), the
+// timer goroutine of desertbit/timer (started by its init; a dependency
+// of grpc-web) and
 // devstack's spawner, the goroutine locked to the OS thread that forks
 // servers with a parent-death signal, which must live as long as the
 // process. goleak retries for a while, so goroutines still winding down
@@ -107,6 +109,7 @@ func leakIgnores() []goleak.Option {
 	return []goleak.Option{
 		goleak.IgnoreTopFunction("github.com/blevesearch/bleve_index_api.AnalysisWorker"),
 		goleak.IgnoreTopFunction("github.com/chapper/chapper/services/devstack.startCmd.func1.1"),
+		goleak.IgnoreTopFunction("github.com/desertbit/timer.timerRoutine"),
 	}
 }
 
