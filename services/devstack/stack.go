@@ -89,8 +89,10 @@ type Stack struct {
 	// subset Chapper uses.
 	Search *search.Server
 
-	stopSearch context.CancelFunc
-	searchDone chan error
+	searchDir, searchAddr string
+	log                   *slog.Logger
+	stopSearch            context.CancelFunc
+	searchDone            chan error
 }
 
 // StartStack starts the embedded stack under cfg.Dir (made absolute):
@@ -114,7 +116,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Stack{}
+	s := &Stack{log: log}
 	s.Kafka, err = StartKafka(KafkaConfig{
 		Addr:       cfg.KafkaAddr,
 		DataDir:    filepath.Join(dir, "kafka"),
@@ -149,37 +151,53 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	if err := errors.Join(pgErr, redisErr); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
-	if err := s.startSearch(filepath.Join(dir, "search"), cfg.SearchAddr, log); err != nil {
+	s.searchDir, s.searchAddr = filepath.Join(dir, "search"), cfg.SearchAddr
+	if err := s.StartSearch(); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
 	return s, nil
 }
 
-// startSearch opens the search server's data, binds its address and serves
-// it in the background until Close.
-func (s *Stack) startSearch(dataDir, addr string, log *slog.Logger) error {
-	srv, err := search.New(search.Config{DataDir: dataDir, Addr: addr, Logger: log})
+// StartSearch opens the search server's data, binds its address and serves
+// it in the background until StopSearch or Close. StartStack calls it;
+// fault tests call it again after StopSearch, on the same address (a port
+// 0 in StackConfig.SearchAddr is fixed at the first start). It does nothing
+// while the server runs.
+func (s *Stack) StartSearch() error {
+	if s.stopSearch != nil {
+		return nil
+	}
+	srv, err := search.New(search.Config{DataDir: s.searchDir, Addr: s.searchAddr, Logger: s.log})
 	if err != nil {
 		return err
 	}
-	if _, err := srv.Listen(); err != nil {
+	addr, err := srv.Listen()
+	if err != nil {
 		return errors.Join(err, srv.Close())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.Search, s.stopSearch, s.searchDone = srv, cancel, make(chan error, 1)
+	s.searchAddr = addr
 	go func() { s.searchDone <- srv.Run(ctx) }()
 	return nil
+}
+
+// StopSearch stops the search server, keeping its data; clients then get
+// connection refused until StartSearch. It does nothing when stopped.
+func (s *Stack) StopSearch() error {
+	if s.stopSearch == nil {
+		return nil
+	}
+	s.stopSearch()
+	err := <-s.searchDone
+	s.stopSearch = nil
+	return err
 }
 
 // Close stops every server of the stack in reverse start order, keeping
 // their data, and returns the errors joined. Close is idempotent.
 func (s *Stack) Close() error {
-	var errs []error
-	if s.stopSearch != nil {
-		s.stopSearch()
-		errs = append(errs, <-s.searchDone)
-		s.stopSearch = nil
-	}
+	errs := []error{s.StopSearch()}
 	if s.Redis != nil {
 		errs = append(errs, s.Redis.Close())
 	}

@@ -64,6 +64,7 @@ func loadFor(ctx context.Context, t *testing.T, l *ledger, grpcAddr string) func
 // in Postgres, counted once in Redis and once in search.
 func TestCrashDev(t *testing.T) {
 	chapperBin(t)
+	t.Parallel() // mostly waiting for processes: overlaps with the other crash and fault tests
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	seed := uint64(time.Now().UnixNano())
@@ -102,6 +103,7 @@ func TestCrashDev(t *testing.T) {
 // once in every store.
 func TestCrashPipelines(t *testing.T) {
 	bin := chapperBin(t)
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	seed := uint64(time.Now().UnixNano())
