@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -19,8 +20,16 @@ type devPorts struct {
 	grpc, admin, kafka, pg, redis, search string
 }
 
-func newDevPorts(t *testing.T) devPorts {
-	return devPorts{freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)}
+func newDevPorts(t testing.TB) devPorts {
+	a := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	return devPorts{a(), a(), a(), a(), a(), a()}
 }
 
 // args are `chapper dev`'s flags for p and dir.

@@ -69,7 +69,7 @@ type proc struct {
 
 // newProc prepares `chapper args...`; Start starts it. A cleanup stops
 // it (SIGTERM, then SIGKILL) and prints the end of its log if t failed.
-func newProc(t *testing.T, name string, args ...string) *proc {
+func newProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, args: args, log: filepath.Join(t.TempDir(), name+".log")}
 	t.Cleanup(func() {
@@ -231,7 +231,7 @@ func waitReady(t testing.TB, ctx context.Context, p *proc, adminAddr string, tim
 // killOrphans stops, at the end of a test, the postgres and redis-server
 // that a SIGKILLed `chapper dev` left running from dir (dev mode starts
 // them without a parent-death signal, to adopt them after a crash).
-func killOrphans(t *testing.T, dir string) {
+func killOrphans(t testing.TB, dir string) {
 	t.Cleanup(func() {
 		for _, pf := range []string{filepath.Join(dir, "redis", "redis.pid"), filepath.Join(dir, "pg", "postmaster.pid")} {
 			b, err := os.ReadFile(pf)
