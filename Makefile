@@ -33,6 +33,10 @@ test: setup ## Run every test of every module against real stores.
 bench: setup ## Run the benchmarks; each figure is printed next to its raw baseline.
 	@bash scripts/bench.sh
 
+.PHONY: soak
+soak: setup ## Long run with faults injected (not implemented yet).
+	@bash scripts/soak.sh
+
 .PHONY: proto
 proto: ## Regenerate the Go code of proto/ (pinned generators).
 	@mkdir -p $(TOOLS)

@@ -1,5 +1,3 @@
-//go:build crash
-
 package devstack_test
 
 import (
@@ -19,8 +17,12 @@ import (
 )
 
 // crashDirEnv tells the re-executed test binary to run the stack in a
-// directory until it is killed.
-const crashDirEnv = "DEVSTACK_CRASH_DIR"
+// directory until it is killed; crashFsyncEnv=1 turns the broker's
+// per-batch fsync on.
+const (
+	crashDirEnv   = "DEVSTACK_CRASH_DIR"
+	crashFsyncEnv = "DEVSTACK_CRASH_FSYNC"
+)
 
 // crashRecords is how many records the crashed run acknowledges.
 const crashRecords = 100
@@ -34,7 +36,9 @@ func TestCrashChild(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := devstack.StartStack(ctx, crashConfig(dir))
+	cfg := crashConfig(dir)
+	cfg.KafkaFsync = os.Getenv(crashFsyncEnv) == "1"
+	s, err := devstack.StartStack(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,12 +56,28 @@ func crashConfig(dir string) devstack.StackConfig {
 	return devstack.StackConfig{Dir: dir, KafkaAddr: "127.0.0.1:0", PostgresAddr: "127.0.0.1:0", RedisAddr: "127.0.0.1:0", SearchAddr: "127.0.0.1:0", Partitions: 12}
 }
 
+// TestStackRecoversAfterSIGKILL kills a stack that acknowledged records
+// and wrote to every store, starts it again on the same directory and finds
+// everything, with the broker's default (written before the ack, no fsync)
+// and with -dev.kafka-fsync.
 func TestStackRecoversAfterSIGKILL(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	if testing.Short() {
+		t.Skip("starts postgres and redis-server in a child process")
+	}
+	for _, fsync := range []bool{false, true} {
+		t.Run("fsync="+strconv.FormatBool(fsync), func(t *testing.T) { testStackRecovers(t, fsync) })
+	}
+}
+
+func testStackRecovers(t *testing.T, fsync bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := filepath.Join(t.TempDir(), "var")
 	child := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
 	child.Env = append(os.Environ(), crashDirEnv+"="+dir)
+	if fsync {
+		child.Env = append(child.Env, crashFsyncEnv+"=1")
+	}
 	child.Stderr = os.Stderr
 	out, err := child.StdoutPipe()
 	if err != nil {

@@ -25,7 +25,12 @@ type KafkaConfig struct {
 	// Partitions is the default partition count of auto-created topics.
 	Partitions int
 	// SyncWrites fsyncs every produced batch before acknowledging it, so an
-	// acknowledged record survives a crash of the process (SIGKILL).
+	// acknowledged record survives a power cut too. Without it (the
+	// default) each batch is still written to its segment and index files
+	// (write(2), into the page cache) before the produce response is sent,
+	// so a crash of the process (SIGKILL) loses nothing acknowledged; only
+	// a power cut or kernel crash may lose the last moments, as with a
+	// single real Kafka broker.
 	SyncWrites bool
 }
 

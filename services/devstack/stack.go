@@ -33,13 +33,19 @@ type StackConfig struct {
 	// Partitions is the partition count of topics created with the
 	// broker's default.
 	Partitions int
+	// KafkaFsync fsyncs every produced batch before the broker
+	// acknowledges it (KafkaConfig.SyncWrites). Off by default: each batch
+	// is written to its files before the ack, which a process crash cannot
+	// undo; only a power cut can lose the last moments.
+	KafkaFsync bool
 	// Logger receives the servers' start/stop events; nil means
 	// slog.Default().
 	Logger *slog.Logger
 }
 
 // RegisterFlags registers the stack's flags under prefix, e.g. dev.dir,
-// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions.
+// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions,
+// dev.kafka-fsync.
 func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/, search/); kept across runs.")
 	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
@@ -47,6 +53,7 @@ func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.RedisAddr, prefix+".redis-addr", "127.0.0.1:16379", "Listen address of the private redis-server.")
 	fs.StringVar(&c.SearchAddr, prefix+".search-addr", "127.0.0.1:19200", "Listen address of the embedded search server (Elasticsearch API subset).")
 	fs.IntVar(&c.Partitions, prefix+".partitions", 12, "Partitions of topics created with the broker's default.")
+	fs.BoolVar(&c.KafkaFsync, prefix+".kafka-fsync", false, "Fsync every produced batch before the embedded broker acknowledges it (survives a power cut; much slower). Without it each batch is written to its files before the ack, which survives a crash of chapper.")
 }
 
 // ErrStackConfig reports an incomplete StackConfig.
@@ -69,8 +76,9 @@ func (c *StackConfig) Validate() error {
 // Stack is dev mode's embedded stack, every server's data under one
 // directory.
 type Stack struct {
-	// Kafka is the embedded broker; it fsyncs every produced batch, so an
-	// acknowledged record survives a SIGKILL of chapper.
+	// Kafka is the embedded broker; it writes every produced batch to its
+	// files before acknowledging it, so an acknowledged record survives a
+	// SIGKILL of chapper (and a power cut with StackConfig.KafkaFsync).
 	Kafka *Kafka
 	// Postgres is the private cluster with the databases chapper_router,
 	// chapper_shard_0 and chapper_shard_1.
@@ -81,8 +89,10 @@ type Stack struct {
 	// subset Chapper uses.
 	Search *search.Server
 
-	stopSearch context.CancelFunc
-	searchDone chan error
+	searchDir, searchAddr string
+	log                   *slog.Logger
+	stopSearch            context.CancelFunc
+	searchDone            chan error
 }
 
 // StartStack starts the embedded stack under cfg.Dir (made absolute):
@@ -106,17 +116,17 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Stack{}
+	s := &Stack{log: log}
 	s.Kafka, err = StartKafka(KafkaConfig{
 		Addr:       cfg.KafkaAddr,
 		DataDir:    filepath.Join(dir, "kafka"),
 		Partitions: cfg.Partitions,
-		SyncWrites: true,
+		SyncWrites: cfg.KafkaFsync,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log.Info("embedded kafka started", "addr", s.Kafka.Addr(), "data_dir", filepath.Join(dir, "kafka"))
+	log.Info("embedded kafka started", "addr", s.Kafka.Addr(), "data_dir", filepath.Join(dir, "kafka"), "fsync", cfg.KafkaFsync)
 
 	// Postgres and Redis start side by side: initdb dominates a first run.
 	var wg sync.WaitGroup
@@ -141,37 +151,53 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	if err := errors.Join(pgErr, redisErr); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
-	if err := s.startSearch(filepath.Join(dir, "search"), cfg.SearchAddr, log); err != nil {
+	s.searchDir, s.searchAddr = filepath.Join(dir, "search"), cfg.SearchAddr
+	if err := s.StartSearch(); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
 	return s, nil
 }
 
-// startSearch opens the search server's data, binds its address and serves
-// it in the background until Close.
-func (s *Stack) startSearch(dataDir, addr string, log *slog.Logger) error {
-	srv, err := search.New(search.Config{DataDir: dataDir, Addr: addr, Logger: log})
+// StartSearch opens the search server's data, binds its address and serves
+// it in the background until StopSearch or Close. StartStack calls it;
+// fault tests call it again after StopSearch, on the same address (a port
+// 0 in StackConfig.SearchAddr is fixed at the first start). It does nothing
+// while the server runs.
+func (s *Stack) StartSearch() error {
+	if s.stopSearch != nil {
+		return nil
+	}
+	srv, err := search.New(search.Config{DataDir: s.searchDir, Addr: s.searchAddr, Logger: s.log})
 	if err != nil {
 		return err
 	}
-	if _, err := srv.Listen(); err != nil {
+	addr, err := srv.Listen()
+	if err != nil {
 		return errors.Join(err, srv.Close())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.Search, s.stopSearch, s.searchDone = srv, cancel, make(chan error, 1)
+	s.searchAddr = addr
 	go func() { s.searchDone <- srv.Run(ctx) }()
 	return nil
+}
+
+// StopSearch stops the search server, keeping its data; clients then get
+// connection refused until StartSearch. It does nothing when stopped.
+func (s *Stack) StopSearch() error {
+	if s.stopSearch == nil {
+		return nil
+	}
+	s.stopSearch()
+	err := <-s.searchDone
+	s.stopSearch = nil
+	return err
 }
 
 // Close stops every server of the stack in reverse start order, keeping
 // their data, and returns the errors joined. Close is idempotent.
 func (s *Stack) Close() error {
-	var errs []error
-	if s.stopSearch != nil {
-		s.stopSearch()
-		errs = append(errs, <-s.searchDone)
-		s.stopSearch = nil
-	}
+	errs := []error{s.StopSearch()}
 	if s.Redis != nil {
 		errs = append(errs, s.Redis.Close())
 	}

@@ -29,7 +29,7 @@ func TestStackConfig(t *testing.T) {
 	if cfg != want {
 		t.Errorf("defaults = %+v, want %+v", cfg, want)
 	}
-	for _, name := range []string{"dev.dir", "dev.kafka-addr", "dev.postgres-addr", "dev.redis-addr", "dev.partitions"} {
+	for _, name := range []string{"dev.dir", "dev.kafka-addr", "dev.postgres-addr", "dev.redis-addr", "dev.partitions", "dev.kafka-fsync"} {
 		if fs.Lookup(name) == nil {
 			t.Errorf("flag %s not registered", name)
 		}

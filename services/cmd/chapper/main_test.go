@@ -22,7 +22,15 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-func TestMain(m *testing.M) { devtest.Main(m) }
+// TestMain runs the tests through devtest (shared servers, leak check) and
+// removes the chapper binary the crash tests built.
+func TestMain(m *testing.M) {
+	code := devtest.Run(m)
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // TestFlagEnv checks the one mapping of flags to the environment: the
 // environment sets a flag, the command line beats it, dev defaults yield to

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 
 	"github.com/chapper/chapper/services/devstack"
 )
@@ -64,12 +65,21 @@ var seq atomic.Uint64
 // logger is quiet: tests see warnings and errors of the servers only.
 var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-// Main runs the tests, then stops the shared servers started lazily by
-// Redis, KeyPrefix and Postgres (whether the tests passed or not) and exits
-// with the tests' code. Use it as the body of TestMain. A test binary that
-// dies without reaching the end of Main (panic, timeout) still stops its
-// servers: they are started with a parent-death signal.
-func Main(m *testing.M) {
+// Main runs the tests, stops the shared servers started lazily by Redis,
+// KeyPrefix and Postgres (whether the tests passed or not), then checks
+// that no goroutine leaked (go.uber.org/goleak, when the tests passed) and
+// exits with the tests' code, non-zero on a leak. Use it as the body of
+// TestMain. opts are handed to goleak, e.g. goleak.IgnoreTopFunction for
+// a library goroutine that outlives the tests by design (check that it is
+// not ours first); goroutines of libraries every module uses are ignored
+// already (leakIgnores). A test binary that dies without reaching the end
+// of Main (panic, timeout) still stops its servers: they are started with
+// a parent-death signal.
+func Main(m *testing.M, opts ...goleak.Option) { os.Exit(Run(m, opts...)) }
+
+// Run is Main without the exit: it returns the exit code, for a TestMain
+// that has more to clean up before it exits.
+func Run(m *testing.M, opts ...goleak.Option) int {
 	code := m.Run()
 	if err := stopShared(); err != nil {
 		fmt.Fprintf(os.Stderr, "devtest: stopping shared servers: %v\n", err)
@@ -77,7 +87,30 @@ func Main(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	if code == 0 {
+		if err := goleak.Find(append(leakIgnores(), opts...)...); err != nil {
+			fmt.Fprintf(os.Stderr, "devtest: goroutines leaked by the tests: %v\n", err)
+			code = 1
+		}
+	}
+	return code
+}
+
+// leakIgnores are goroutines that outlive the tests by design, each
+// checked: Bleve's analysis workers (started by an init of
+// bleve_index_api, in every binary that links the search server), the
+// timer goroutine of desertbit/timer (started by its init; a dependency
+// of grpc-web) and
+// devstack's spawner, the goroutine locked to the OS thread that forks
+// servers with a parent-death signal, which must live as long as the
+// process. goleak retries for a while, so goroutines still winding down
+// (closed connections, stopped timers) are not reported.
+func leakIgnores() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreTopFunction("github.com/blevesearch/bleve_index_api.AnalysisWorker"),
+		goleak.IgnoreTopFunction("github.com/chapper/chapper/services/devstack.startCmd.func1.1"),
+		goleak.IgnoreTopFunction("github.com/desertbit/timer.timerRoutine"),
+	}
 }
 
 // stopShared closes the shared servers and removes their data.

@@ -1,0 +1,10 @@
+package topic
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the test binary if a test leaked a goroutine.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
