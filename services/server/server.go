@@ -86,7 +86,10 @@ type Server struct {
 }
 
 // New returns a Server with the health service and reflection registered.
-func New(cfg Config, log *slog.Logger) (*Server, error) {
+// opts are added after the server's own options; interceptors among them
+// (authentication, say) run inside the server's panic recovery and call
+// metrics.
+func New(cfg Config, log *slog.Logger, opts ...grpc.ServerOption) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -100,14 +103,14 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		health:    health.NewServer(),
 		listening: make(chan struct{}),
 	}
-	opts := []grpc.ServerOption{
+	own := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}
 	if cfg.MaxRecvBytes > 0 {
-		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxRecvBytes))
+		own = append(own, grpc.MaxRecvMsgSize(cfg.MaxRecvBytes))
 	}
-	s.grpc = grpc.NewServer(opts...)
+	s.grpc = grpc.NewServer(append(own, opts...)...)
 	// Not serving until the gates passed and the listener is up.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
