@@ -16,6 +16,7 @@ import (
 
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/proto/topic"
+	"github.com/chapper/chapper/services/auth"
 	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/grpc"
@@ -355,23 +356,36 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 		traceID:     []byte(traceID),
 		lastHeaders: make(map[topic.Kind][]kafka.Header, 3),
 	}
+	claims, _ := auth.FromContext(ctx)
 	for i, r := range req.GetVisits() {
 		given := r.GetId()
-		rec, fe := v.visit("visits["+strconv.Itoa(i)+"]", r)
+		path := "visits[" + strconv.Itoa(i) + "]"
+		rec, fe := v.visit(path, r)
+		if fe == nil {
+			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
+		}
 		if err := b.add(topic.KindVisits, given, r, r.GetCanvasserId(), rec, fe); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
 	for i, r := range req.GetIntentions() {
 		given := r.GetId()
-		rec, fe := v.intention("intentions["+strconv.Itoa(i)+"]", r)
+		path := "intentions[" + strconv.Itoa(i) + "]"
+		rec, fe := v.intention(path, r)
+		if fe == nil {
+			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
+		}
 		if err := b.add(topic.KindIntentions, given, r, r.GetCanvasserId(), rec, fe); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
 	for i, r := range req.GetFollowups() {
 		given := r.GetId()
-		rec, fe := v.followup("followups["+strconv.Itoa(i)+"]", r)
+		path := "followups[" + strconv.Itoa(i) + "]"
+		rec, fe := v.followup(path, r)
+		if fe == nil {
+			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
+		}
 		if err := b.add(topic.KindFollowups, given, r, r.GetCanvasserId(), rec, fe); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}

@@ -19,7 +19,7 @@ var devDefaults = map[string]string{
 }
 
 // runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis, search; data
-// under -dev.dir) and every target, plaintext, authentication off. It
+// under -dev.dir) and every target, plaintext, authentication off unless -auth. It
 // prints the endpoints once the gRPC port is open and stops everything on
 // ctx (Ctrl-C).
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,6 +29,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	c.register(fs, "all")
 	var sc devstack.StackConfig
 	sc.RegisterFlags("dev", fs)
+	// Off unless -auth; the keys default to <dev.dir>/auth (devAuth).
+	c.auth.RegisterFlags("auth", fs, false, "")
 	setups := registerTargetFlags(fs)
 	for name, v := range devDefaults {
 		if err := setDefault(fs, name, v); err != nil {
@@ -54,6 +56,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	sc.Logger = log
+	if err := devAuth(&c.auth, sc.Dir, stderr); err != nil {
+		return err
+	}
 
 	stack, err := devstack.StartStack(ctx, sc)
 	if err != nil {
@@ -65,6 +70,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	a.Stack = stack
 	a.DataDir, _ = filepath.Abs(sc.Dir)
+	a.authDir = c.auth.KeysDir
 	// Dev mode talks to its own broker, whatever -kafka.brokers says.
 	a.Brokers = []string{stack.Kafka.Addr()}
 
@@ -96,6 +102,9 @@ func printEndpoints(w io.Writer, a *app, names []string) {
 	}
 	if s.Search != nil {
 		fmt.Fprintf(w, "  search           %s  (Elasticsearch API subset; aliases canvass-visits, canvass-intentions, canvass-followups)\n", s.Search.URL())
+	}
+	if a.authOn {
+		fmt.Fprintf(w, "  auth             %s  (tokens: chapper token issue -canvasser=<id> -role=canvasser -auth.keys-dir=%s)\n", a.authDir, a.authDir)
 	}
 	fmt.Fprintf(w, "  data             %s\n", a.DataDir)
 	fmt.Fprintln(w, "Ctrl-C stops everything.")

@@ -16,6 +16,9 @@ func init() {
 			var cfg ingest.Config
 			cfg.RegisterFlags("ingest", fs)
 			return func(_ context.Context, a *app) error {
+				if err := a.GRPCAuthReady(); err != nil {
+					return err
+				}
 				cfg.Brokers = a.Brokers
 				cfg.Logger = a.Log
 				svc, err := ingest.New(cfg)
