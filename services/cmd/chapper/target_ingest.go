@@ -20,6 +20,10 @@ func init() {
 					return err
 				}
 				cfg.Brokers = a.Brokers
+				if a.Stack != nil && a.Stack.Redis != nil && cfg.RedisAddrs == "" {
+					// dev: the shared id store is the dev Redis
+					cfg.RedisAddrs = a.Stack.Redis.Addr()
+				}
 				cfg.Logger = a.Log
 				svc, err := ingest.New(cfg)
 				if err != nil {
