@@ -56,9 +56,9 @@ type app struct {
 	authOn  bool
 	authErr error
 	authDir string // dev mode: where the key pair is
-	admin    *admin.Server
-	parts    []part
-	out      io.Writer
+	admin   *admin.Server
+	parts   []part
+	out     io.Writer
 }
 
 // part is one long-running piece of a target.
