@@ -56,6 +56,7 @@ type app struct {
 	authOn  bool
 	authErr error
 	authDir string // dev mode: where the key pair is
+	tlsCert string // dev mode: the TLS certificate, "" for plaintext
 	admin   *admin.Server
 	parts   []part
 	out     io.Writer

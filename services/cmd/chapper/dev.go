@@ -8,14 +8,16 @@ import (
 	"io"
 	"path/filepath"
 
+	"github.com/chapper/chapper/services/auth"
 	"github.com/chapper/chapper/services/devstack"
 )
 
 // devDefaults are the flag defaults of `chapper dev` beyond the targets'
 // own: loopback only, DESIGN.md's dev ports.
 var devDefaults = map[string]string{
-	"grpc.addr":  "127.0.0.1:7070",
-	"admin.addr": "127.0.0.1:7071",
+	"grpc.addr":         "127.0.0.1:7070",
+	"admin.addr":        "127.0.0.1:7071",
+	"grpc.cors-origins": devCORSOrigins,
 }
 
 // runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis, search; data
@@ -31,6 +33,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	sc.RegisterFlags("dev", fs)
 	// Off unless -auth; the keys default to <dev.dir>/auth (devAuth).
 	c.auth.RegisterFlags("auth", fs, false, "")
+	var tlsOn auth.Switch
+	fs.Var(&tlsOn, "tls", "TLS on the gRPC port: on or off (a bare -tls means on), with a local self-signed certificate kept under <dev.dir>/tls/ unless -grpc.tls-cert is given.")
 	setups := registerTargetFlags(fs)
 	for name, v := range devDefaults {
 		if err := setDefault(fs, name, v); err != nil {
@@ -59,6 +63,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := devAuth(&c.auth, sc.Dir, stderr); err != nil {
 		return err
 	}
+	if err := devTLS(bool(tlsOn), &c.grpc, sc.Dir, stderr); err != nil {
+		return err
+	}
 
 	stack, err := devstack.StartStack(ctx, sc)
 	if err != nil {
@@ -70,7 +77,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	a.Stack = stack
 	a.DataDir, _ = filepath.Abs(sc.Dir)
-	a.authDir = c.auth.KeysDir
+	a.authDir, a.tlsCert = c.auth.KeysDir, c.grpc.TLSCert
 	// Dev mode talks to its own broker, whatever -kafka.brokers says.
 	a.Brokers = []string{stack.Kafka.Addr()}
 
@@ -89,7 +96,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func printEndpoints(w io.Writer, a *app, names []string) {
 	fmt.Fprintf(w, "chapper dev is up (targets: %v)\n", names)
 	if a.grpcUsed {
-		fmt.Fprintf(w, "  gRPC + gRPC-web  %s\n", a.grpc.Addr())
+		if a.tlsCert != "" {
+			fmt.Fprintf(w, "  gRPC + gRPC-web  %s  (TLS; certificate %s)\n", a.grpc.Addr(), a.tlsCert)
+		} else {
+			fmt.Fprintf(w, "  gRPC + gRPC-web  %s\n", a.grpc.Addr())
+		}
 	}
 	fmt.Fprintf(w, "  admin            http://%s  (/metrics /healthz /readyz)\n", a.admin.Addr())
 	s := a.Stack

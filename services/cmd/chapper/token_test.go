@@ -14,7 +14,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -100,20 +100,25 @@ func TestServeAuthNeedsKey(t *testing.T) {
 	}
 }
 
-// TestDevAuth runs `chapper dev -auth`: it creates its key pair under
-// -dev.dir/auth, refuses a Submit without a token, and takes one with a
-// token `chapper token issue` signed from that directory.
+// TestDevAuth runs `chapper dev -auth -tls`: it creates its key pair under
+// -dev.dir/auth and a certificate under -dev.dir/tls, serves gRPC over TLS,
+// refuses a Submit without a token, and takes one with a token `chapper
+// token issue` signed from that directory.
 func TestDevAuth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts postgres and redis-server; skipped with -short")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dev := startDev(t, ctx, "-auth", "-target=ingest")
+	dev := startDev(t, ctx, "-auth", "-tls", "-target=ingest")
 	if dev.Endpoints["auth"] != dev.Dir+"/auth" {
 		t.Errorf("auth endpoint line = %q, want %s/auth", dev.Endpoints["auth"], dev.Dir)
 	}
-	conn, err := grpc.NewClient(dev.Endpoints["gRPC + gRPC-web"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := credentials.NewClientTLSFromFile(dev.Dir+"/tls/cert.pem", "127.0.0.1")
+	if err != nil {
+		t.Fatalf("reading the dev certificate: %v", err)
+	}
+	conn, err := grpc.NewClient(dev.Endpoints["gRPC + gRPC-web"], grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
