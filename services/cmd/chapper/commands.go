@@ -33,7 +33,7 @@ var commands = []command{
 	{"replay", "re-read topics from an offset or a time into a sink (replay clean drops checkpoints)", runReplay},
 	{"deadletter", "list, show and re-drive dead-lettered records", runDeadletter},
 	{"report", "run a ready-made reporting query against Elasticsearch (intentions, followups, canvassers, unknocked)", runReport},
-	notYet("token", "issue client tokens", "the gRPC-web authentication issue"),
+	{"token", "issue client tokens (issue) and write signing keys (keygen)", runToken},
 }
 
 // notYet is a subcommand a later issue builds.
