@@ -280,9 +280,13 @@ func (s *Server) webHandler() http.Handler {
 		grpcweb.WithOriginFunc(func(origin string) bool { return allowAll || allowed[origin] }),
 		grpcweb.WithAllowedRequestHeaders([]string{"*"}),
 	)
+	page := s.appHandler() // the web page at /app/ (app.go)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if wrapped.IsGrpcWebRequest(r) || wrapped.IsAcceptableGrpcCorsRequest(r) {
 			wrapped.ServeHTTP(w, r)
+			return
+		}
+		if serveApp(page, w, r) {
 			return
 		}
 		http.Error(w, "this port speaks gRPC and gRPC-web (POST application/grpc-web+proto)", http.StatusNotFound)
