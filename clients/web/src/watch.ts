@@ -27,6 +27,12 @@ export interface WatchOptions {
   minBackoffMs?: number;
   /** maxBackoffMs caps the wait between re-watches (default 15 s). */
   maxBackoffMs?: number;
+  /**
+   * countersDelayMs: record events carry no counters, so this long after the
+   * last event the counters are read again with one GetChunk (default
+   * 300 ms; 0 turns it off).
+   */
+  countersDelayMs?: number;
 }
 
 function millis(e: TimelineEntry): number {
@@ -67,6 +73,18 @@ export function watchChunk(query: Client<typeof QueryService>, chunk: bigint, op
   const abort = new AbortController();
   const minB = opts.minBackoffMs ?? 500;
   const maxB = opts.maxBackoffMs ?? 15_000;
+  const countersDelay = opts.countersDelayMs ?? 300;
+  let countersTimer: ReturnType<typeof setTimeout> | undefined;
+  const refreshCounters = () => {
+    countersTimer = undefined;
+    query.getChunk({ chunk, pageSize: 1 }, { signal: abort.signal }).then(
+      (resp) => {
+        for (const l of resp.localities) state.counters.set(l.locality.toString(), { ...l.counters });
+        opts.onChange(state);
+      },
+      () => undefined, // the next event or snapshot tries again
+    );
+  };
   const run = async () => {
     let failures = 0;
     while (!abort.signal.aborted) {
@@ -79,6 +97,10 @@ export function watchChunk(query: Client<typeof QueryService>, chunk: bigint, op
             failures = 0;
           } else if (ev.event.case === "record") {
             applyRecord(state, ev.event.value);
+            if (countersDelay > 0) {
+              if (countersTimer !== undefined) clearTimeout(countersTimer);
+              countersTimer = setTimeout(refreshCounters, countersDelay);
+            }
           }
           opts.onChange(state);
         }
@@ -105,6 +127,7 @@ export function watchChunk(query: Client<typeof QueryService>, chunk: bigint, op
   const running = run();
   return async () => {
     abort.abort();
+    if (countersTimer !== undefined) clearTimeout(countersTimer);
     await running;
   };
 }

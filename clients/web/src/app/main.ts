@@ -87,6 +87,7 @@ function drawGrid(): void {
     ctx.strokeStyle = "#9aa8b6";
     ctx.strokeRect(x + 0.5, y + 0.5, side - 1, side - 1);
     if (c.row === state.cell.row && c.col === state.cell.col) {
+      grid.dataset.visits = String(visits);
       ctx.strokeStyle = "#f0b429";
       ctx.lineWidth = 4;
       ctx.strokeRect(x + 2, y + 2, side - 4, side - 4);
@@ -293,6 +294,7 @@ function renderQueue(s: QueueStatus): void {
   const u = $("unsent");
   u.textContent = `${s.unsent} unsent`;
   u.dataset.count = String(s.unsent);
+  u.className = s.unsent ? "badge" : "badge live";
   const retry = s.nextRetryAt ? `; retrying at ${new Date(s.nextRetryAt).toLocaleTimeString()}` : "";
   $("queue-error").textContent = s.waitingForToken
     ? `The server refused the token (${s.lastError}). Sign in again to send.`
