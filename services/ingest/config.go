@@ -18,6 +18,8 @@ var (
 	ErrCompression = errors.New("unknown compression codec")
 	ErrTopicLayout = errors.New("topic partitions and replication factor must be at least 1")
 	ErrTimeout     = errors.New("timeouts must be positive")
+	ErrIDTTL       = errors.New("id store TTL must be positive")
+	ErrLimits      = errors.New("rate limit, burst and in-flight limit must not be negative")
 )
 
 // Config configures the ingest service.
@@ -40,6 +42,20 @@ type Config struct {
 	CreateTopics      bool
 	TopicPartitions   int
 	ReplicationFactor int
+
+	// RedisAddrs are the shared id store's Redis addresses, comma-separated
+	// (more than one: a Redis Cluster); empty keeps ids in this process
+	// only. chapper dev sets the dev Redis.
+	RedisAddrs  string
+	RedisPrefix string
+	IDTTL       time.Duration
+
+	// RatePerCanvasser is each canvasser's sustained rate in records per
+	// second (0: no limit), RateBurst its bucket size; MaxInFlight bounds
+	// the Submits in progress in this instance (0: no limit).
+	RatePerCanvasser float64
+	RateBurst        int
+	MaxInFlight      int
 }
 
 // RegisterFlags registers the service's flags on fs under prefix (e.g.
@@ -56,6 +72,12 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.BoolVar(&c.CreateTopics, prefix+".create-topics", true, "Create every Chapper topic at start-up when it is missing.")
 	fs.IntVar(&c.TopicPartitions, prefix+".topic-partitions", 12, "Partitions of a topic created at start-up.")
 	fs.IntVar(&c.ReplicationFactor, prefix+".topic-replication-factor", 3, "Replication factor of a topic created at start-up (chapper dev uses 1).")
+	fs.StringVar(&c.RedisAddrs, prefix+".redis-addrs", "", "Comma-separated Redis addresses of the shared id store (several: a Redis Cluster), so DUPLICATE and CONFLICT hold across ingest instances and restarts; empty keeps ids in this process only (chapper dev: the dev Redis).")
+	fs.StringVar(&c.RedisPrefix, prefix+".redis-prefix", "ingest:", "Key prefix of the shared id store.")
+	fs.DurationVar(&c.IDTTL, prefix+".id-ttl", 30*24*time.Hour, "How long the shared id store remembers an acknowledged id; longer than a phone stays offline.")
+	fs.Float64Var(&c.RatePerCanvasser, prefix+".rate-limit", 100, "Records per second one canvasser (the token's subject) may submit, sustained; 0 turns the limit off. With authentication off there is no canvasser to limit.")
+	fs.IntVar(&c.RateBurst, prefix+".rate-burst", 2000, "Records one canvasser may submit at once (token bucket size): a phone back online flushes its queue.")
+	fs.IntVar(&c.MaxInFlight, prefix+".max-in-flight", 1024, "Submits in progress at once in this instance; more are refused with RESOURCE_EXHAUSTED (never queued). 0 turns the limit off.")
 }
 
 // Validate reports the first problem with the configuration.
@@ -71,6 +93,12 @@ func (c *Config) Validate() error {
 		return ErrTimeout
 	case c.CreateTopics && (c.TopicPartitions < 1 || c.ReplicationFactor < 1):
 		return ErrTopicLayout
+	case c.RedisAddrs != "" && c.IDTTL <= 0:
+		return ErrIDTTL
+	case c.RatePerCanvasser < 0 || c.RateBurst < 0 || c.MaxInFlight < 0:
+		return ErrLimits
+	case c.RatePerCanvasser > 0 && c.RateBurst < c.BatchLimit:
+		return fmt.Errorf("rate burst %d is below the batch limit %d: a full batch could never pass", c.RateBurst, c.BatchLimit)
 	}
 	if _, err := c.codec(); err != nil {
 		return err

@@ -8,9 +8,12 @@ import (
 )
 
 // dedup remembers the ids the broker acknowledged recently (a bounded,
-// approximately least-recently-used set) and the ids being produced right
-// now (in flight), so that neither a resubmitted record nor two concurrent
-// submits of one record are produced twice. An id enters the acknowledged
+// approximately least-recently-used set, each id with its record's stamp,
+// so that a resubmission with other content is told apart) and the ids
+// being produced right now (in flight), so that neither a resubmitted record
+// nor two concurrent submits of one record are produced twice. It is the
+// in-process fast path; across instances and restarts the shared id store
+// (idstore.go) decides. An id enters the acknowledged
 // set only after its acknowledgement: a record whose produce failed is
 // produced again when the client retries. Ids are keyed as 16-byte UUIDs:
 // cheaper to hash than their 36-character text.
@@ -33,42 +36,42 @@ type dedup struct {
 // against 140 ns for this set, and its map probing alone was 7% of all CPU
 // in the ingest benchmark. Dropping maps whole leaves no tombstones.
 type recent struct {
-	cur, prev map[uuid.UUID]struct{}
+	cur, prev map[uuid.UUID]string
 	half      int
 }
 
 func newRecent(size int) *recent {
 	half := max(1, size/2)
-	return &recent{cur: make(map[uuid.UUID]struct{}, half), prev: map[uuid.UUID]struct{}{}, half: half}
+	return &recent{cur: make(map[uuid.UUID]string, half), prev: map[uuid.UUID]string{}, half: half}
 }
 
-// contains reports whether id is in the set, refreshing it.
-func (r *recent) contains(id uuid.UUID) bool {
-	if _, ok := r.cur[id]; ok {
-		return true
+// get returns id's stamp when id is in the set, refreshing it.
+func (r *recent) get(id uuid.UUID) (string, bool) {
+	if v, ok := r.cur[id]; ok {
+		return v, true
 	}
-	if _, ok := r.prev[id]; ok {
-		r.add(id)
-		return true
+	if v, ok := r.prev[id]; ok {
+		r.add(id, v)
+		return v, true
 	}
-	return false
+	return "", false
 }
 
 // add puts id in the current generation, turning generations over when it
 // is full.
-func (r *recent) add(id uuid.UUID) {
+func (r *recent) add(id uuid.UUID, stamp string) {
 	if len(r.cur) >= r.half {
-		r.prev, r.cur = r.cur, make(map[uuid.UUID]struct{}, r.half)
+		r.prev, r.cur = r.cur, make(map[uuid.UUID]string, r.half)
 	}
-	r.cur[id] = struct{}{}
+	r.cur[id] = stamp
 }
 
 // flight is one caller's produce of the ids it claimed. done is closed when
-// it ends; ok[k] (written before done is closed) says whether the broker
-// acknowledged the k-th claimed id.
+// it ends; val[k] (written before done is closed) is the stamp the k-th
+// claimed id was acknowledged with, "" when it was not.
 type flight struct {
 	done chan struct{}
-	ok   []bool
+	val  []string
 }
 
 // flightRef names one id of a flight.
@@ -77,8 +80,9 @@ type flightRef struct {
 	k int
 }
 
-// Ok reports whether the id's produce succeeded; call after f.done closed.
-func (r flightRef) Ok() bool { return r.f.ok[r.k] }
+// Value returns the stamp the id was acknowledged with, "" when its produce
+// failed; call after f.done closed.
+func (r flightRef) Value() string { return r.f.val[r.k] }
 
 func newDedup(size int) (*dedup, error) {
 	if size < 1 {
@@ -88,16 +92,17 @@ func newDedup(size int) (*dedup, error) {
 }
 
 // claim sorts ids into those this caller must produce (now in flight under
-// its name, in the returned flight), those already acknowledged
-// (duplicates) and those another caller is producing (the caller waits for
-// waits[i].f.done, then reads waits[i].Ok()). Each index slice holds
-// positions in ids; own is nil when mine is empty.
-func (d *dedup) claim(ids []uuid.UUID) (mine, dups, waiting []int, waits []flightRef, own *flight) {
+// its name, in the returned flight), those already acknowledged (acked,
+// with their stamps in ackedVals) and those another caller is producing
+// (the caller waits for waits[i].f.done, then reads waits[i].Value()).
+// Each index slice holds positions in ids; own is nil when mine is empty.
+func (d *dedup) claim(ids []uuid.UUID) (mine, acked []int, ackedVals []string, waiting []int, waits []flightRef, own *flight) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i, id := range ids {
-		if d.acked.contains(id) {
-			dups = append(dups, i)
+		if v, ok := d.acked.get(id); ok {
+			acked = append(acked, i)
+			ackedVals = append(ackedVals, v)
 			continue
 		}
 		if r, ok := d.inFlight[id]; ok {
@@ -106,26 +111,33 @@ func (d *dedup) claim(ids []uuid.UUID) (mine, dups, waiting []int, waits []fligh
 			continue
 		}
 		if own == nil {
-			own = &flight{done: make(chan struct{}), ok: make([]bool, 0, len(ids)-i)}
+			own = &flight{done: make(chan struct{}), val: make([]string, 0, len(ids)-i)}
 		}
-		d.inFlight[id] = flightRef{own, len(own.ok)}
-		own.ok = append(own.ok, false)
+		d.inFlight[id] = flightRef{own, len(own.val)}
+		own.val = append(own.val, "")
 		mine = append(mine, i)
 	}
-	return mine, dups, waiting, waits, own
+	return mine, acked, ackedVals, waiting, waits, own
 }
 
-// finish ends the caller's flight f, whose k-th claimed id is ids[k]; ok(k)
-// says whether the broker acknowledged it, and only then does it enter the
-// acknowledged set.
-func (d *dedup) finish(f *flight, ids []uuid.UUID, ok func(k int) bool) {
+// lookup returns id's stamp when it is acknowledged.
+func (d *dedup) lookup(id uuid.UUID) (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.acked.get(id)
+}
+
+// finish ends the caller's flight f, whose k-th claimed id is ids[k]; val(k)
+// is the stamp it was acknowledged with, "" when it was not, and only an
+// acknowledged id enters the acknowledged set.
+func (d *dedup) finish(f *flight, ids []uuid.UUID, val func(k int) string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for k, id := range ids {
 		delete(d.inFlight, id)
-		if ok(k) {
-			f.ok[k] = true
-			d.acked.add(id)
+		if v := val(k); v != "" {
+			f.val[k] = v
+			d.acked.add(id, v)
 		}
 	}
 	close(f.done)

@@ -50,6 +50,13 @@ type running struct {
 // stops both when t ends, failing t if either returned an error.
 func startIngest(t testing.TB, brokers string, edit ...func(*Config)) *running {
 	t.Helper()
+	return startIngestWith(t, brokers, nil, edit...)
+}
+
+// startIngestWith is startIngest with extra gRPC server options (the
+// authentication interceptors, say).
+func startIngestWith(t testing.TB, brokers string, opts []grpc.ServerOption, edit ...func(*Config)) *running {
+	t.Helper()
 	cfg := testConfig(brokers)
 	for _, e := range edit {
 		e(&cfg)
@@ -58,7 +65,7 @@ func startIngest(t testing.TB, brokers string, edit ...func(*Config)) *running {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	srv, err := server.New(server.Config{Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second, CORSOrigins: "*"}, quietLog)
+	srv, err := server.New(server.Config{Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second, CORSOrigins: "*"}, quietLog, opts...)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}

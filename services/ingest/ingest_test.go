@@ -169,7 +169,8 @@ func headers(m kafka.Message) map[string]string {
 
 // TestSubmitMixedBatch checks that a batch with bad records accepts the good
 // ones, answers in request order and names each bad field; and that ids
-// repeated within a batch or across batches are DUPLICATE and produced once.
+// repeated within a batch or across batches are DUPLICATE (CONFLICT when
+// another kind reused the id) and produced once.
 func TestSubmitMixedBatch(t *testing.T) {
 	k := devtest.Kafka(t)
 	r := startIngest(t, k.Addr())
@@ -186,7 +187,7 @@ func TestSubmitMixedBatch(t *testing.T) {
 	badMethod := validFollowup(t)
 	badMethod.Method = 42
 	goodFu := validFollowup(t)
-	goodFu.Id = goodIn.Id // an id may not repeat across kinds either
+	goodFu.Id = goodIn.Id // an id may not repeat across kinds either: CONFLICT
 
 	resp, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{
 		Visits:     []*canvassv1.Visit{good, bad, twin},
@@ -207,7 +208,7 @@ func TestSubmitMixedBatch(t *testing.T) {
 		{noTime.Id, canvassv1.Status_STATUS_REJECTED, "intentions[0].recorded_at: is required"},
 		{goodIn.Id, canvassv1.Status_STATUS_ACCEPTED, ""},
 		{badMethod.Id, canvassv1.Status_STATUS_REJECTED, "followups[0].method: must be a known Method value, got 42"},
-		{goodFu.Id, canvassv1.Status_STATUS_DUPLICATE, ""},
+		{goodFu.Id, canvassv1.Status_STATUS_CONFLICT, "id was already accepted as an intention, not a follow-up request"},
 	}
 	checkResults(t, resp, want)
 

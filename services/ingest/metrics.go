@@ -10,12 +10,13 @@ const (
 	resultAccepted  = "accepted"
 	resultDuplicate = "duplicate"
 	resultRejected  = "rejected"
+	resultConflict  = "conflict"
 )
 
 var (
 	recordsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "chapper_ingest_records_total",
-		Help: "Records answered by Submit, by kind and result (accepted, duplicate, rejected).",
+		Help: "Records answered by Submit, by kind and result (accepted, duplicate, rejected, conflict).",
 	}, []string{"kind", "result"})
 
 	rejectionsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
@@ -49,4 +50,27 @@ var (
 		Name: "chapper_ingest_dedup_waits_total",
 		Help: "Records whose id was being produced by a concurrent Submit, so this one waited for its outcome.",
 	})
+)
+
+var (
+	idStoreSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "chapper_ingest_idstore_seconds",
+		Help:    "Time of one pipelined call to the shared id store (Redis), by operation: claim, ack, release, lookup.",
+		Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1},
+	}, []string{"op"})
+
+	idStoreErrorsTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_ingest_idstore_errors_total",
+		Help: "Calls to the shared id store that failed (Submit answered UNAVAILABLE, or, for ack and release, logged), by operation.",
+	}, []string{"op"})
+
+	idStoreWaitsTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_ingest_idstore_waits_total",
+		Help: "Records whose id another ingest instance was producing, so this one waited for its outcome in the shared id store.",
+	})
+
+	limitedTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_ingest_limited_total",
+		Help: "Submits refused with RESOURCE_EXHAUSTED, by limit: rate (per canvasser) or in_flight (global).",
+	}, []string{"limit"})
 )

@@ -11,12 +11,15 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/proto/topic"
+	"github.com/chapper/chapper/services/auth"
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -56,6 +59,8 @@ type Service struct {
 	client    *kafka.Client
 	transport *kafka.Transport
 	dedup     *dedup
+	store     *idStore // nil: ids in this process only
+	limits    *limits
 	now       func() time.Time
 
 	ready     chan struct{} // closed when the topics exist
@@ -89,7 +94,23 @@ func New(cfg Config) (*Service, error) {
 		DialTimeout: cfg.ProduceTimeout,
 	}
 	w := newWriter(cfg, transport, log)
+	var store *idStore
+	if addrs := splitAddrs(cfg.RedisAddrs); len(addrs) > 0 {
+		store = &idStore{
+			client: redis.NewUniversalClient(&redis.UniversalOptions{
+				Addrs: addrs, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+				MaxRetries: 1, PoolSize: 64,
+			}),
+			prefix: cfg.RedisPrefix,
+			ttl:    cfg.IDTTL,
+			// Longer than any produce: a claim outlives its Submit only
+			// when that instance died.
+			claimTTL: 3*cfg.ProduceTimeout + 5*time.Second,
+		}
+	}
 	return &Service{
+		store:     store,
+		limits:    newLimits(cfg),
 		cfg:       cfg,
 		log:       log,
 		writer:    w,
@@ -149,7 +170,11 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.readyOnce.Do(func() { close(s.ready) })
-	s.log.Info("ingest ready", "brokers", s.cfg.Brokers, "topics", topic.All)
+	idStore := "this process only"
+	if s.store != nil {
+		idStore = "redis " + s.cfg.RedisAddrs
+	}
+	s.log.Info("ingest ready", "brokers", s.cfg.Brokers, "topics", topic.All, "id_store", idStore)
 	for {
 		select {
 		case <-ctx.Done():
@@ -194,10 +219,28 @@ func (s *Service) close() error {
 	s.stopping = true
 	s.mu.Unlock()
 	s.active.Wait()
-	if err := s.writer.Close(); err != nil {
-		return fmt.Errorf("closing kafka producer: %w", err)
+	var err error
+	if s.store != nil {
+		err = s.store.client.Close()
+	}
+	if werr := s.writer.Close(); werr != nil {
+		return fmt.Errorf("closing kafka producer: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("closing the id store client: %w", err)
 	}
 	return nil
+}
+
+// splitAddrs splits a comma-separated address list.
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Ready returns nil once Run finished its setup (every topic exists), or
@@ -234,9 +277,12 @@ func (s *Service) enter() bool {
 
 // pending is a valid, new record waiting to be produced.
 type pending struct {
-	result *canvassv1.RecordResult
-	uid    uuid.UUID
-	msg    kafka.Message
+	result   *canvassv1.RecordResult
+	uid      uuid.UUID
+	msg      kafka.Message
+	stamp    string    // see stamp.go
+	path     string    // e.g. visits[3], for reasons
+	replaces uuid.UUID // the record this one corrects; uuid.Nil when none
 }
 
 // Submit validates each record of req and produces the valid, new ones. It
@@ -262,7 +308,7 @@ var schemas = map[topic.Kind][]byte{
 type batch struct {
 	resp    *canvassv1.SubmitResponse
 	todo    []pending
-	inBatch map[uuid.UUID]struct{}
+	inBatch map[uuid.UUID]string // id → stamp
 	kinds   []topic.Kind
 	buf     []byte // every value, back to back
 
@@ -276,7 +322,7 @@ type batch struct {
 
 // add answers one validated record: rejected, duplicate within the batch,
 // or pending production.
-func (b *batch) add(kind topic.Kind, given string, m proto.Message, canvasserID string, rec record, fe *FieldError) error {
+func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvasserID string, rec record, fe *FieldError) error {
 	res := &canvassv1.RecordResult{Id: given}
 	b.resp.Results = append(b.resp.Results, res)
 	b.kinds = append(b.kinds, kind)
@@ -286,17 +332,22 @@ func (b *batch) add(kind topic.Kind, given string, m proto.Message, canvasserID 
 		return nil
 	}
 	res.Locality = int64(rec.locality)
-	if _, dup := b.inBatch[rec.uid]; dup {
-		res.Status = canvassv1.Status_STATUS_DUPLICATE
-		return nil
-	}
-	b.inBatch[rec.uid] = struct{}{}
 	start := len(b.buf)
 	var err error
 	b.buf, err = proto.MarshalOptions{}.MarshalAppend(b.buf, m)
 	if err != nil {
 		return fmt.Errorf("encoding %s %s: %w", kind, rec.id, err)
 	}
+	stamp, err := makeStamp(kind, canvasserID, b.buf[start:])
+	if err != nil {
+		return err
+	}
+	if earlier, dup := b.inBatch[rec.uid]; dup {
+		b.buf = b.buf[:start]
+		settle(res, stamp, earlier)
+		return nil
+	}
+	b.inBatch[rec.uid] = stamp
 	cid := b.clientID
 	if cid == "" {
 		cid = canvasserID
@@ -314,7 +365,7 @@ func (b *batch) add(kind topic.Kind, given string, m proto.Message, canvasserID 
 		}
 		b.lastHeaders[kind] = h
 	}
-	b.todo = append(b.todo, pending{result: res, uid: rec.uid, msg: kafka.Message{
+	b.todo = append(b.todo, pending{result: res, uid: rec.uid, stamp: stamp, path: path, replaces: rec.replaces, msg: kafka.Message{
 		Topic: kind.Topic(),
 		Key:   strconv.AppendInt(make([]byte, 0, 12), int64(rec.locality), 10),
 		// Full slice expression: a later append to buf must not write here.
@@ -333,12 +384,20 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 	if err := s.Ready(); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	release, err := s.limits.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	now := s.now()
+	if err := s.limits.allow(ctx, n, now); err != nil {
+		return nil, err
+	}
 	if !s.enter() {
 		return nil, status.Error(codes.Unavailable, errStopping.Error())
 	}
 	defer s.active.Done()
 
-	now := s.now()
 	traceID, clientID := requestIDs(ctx)
 	// The trace id goes back to the caller, so a support request can name it.
 	_ = grpc.SetHeader(ctx, metadata.Pairs(MetadataTraceID, traceID))
@@ -347,7 +406,7 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 	b := &batch{
 		resp:        &canvassv1.SubmitResponse{Results: make([]*canvassv1.RecordResult, 0, n)},
 		todo:        make([]pending, 0, n),
-		inBatch:     make(map[uuid.UUID]struct{}, n),
+		inBatch:     make(map[uuid.UUID]string, n),
 		kinds:       make([]topic.Kind, 0, n),
 		buf:         make([]byte, 0, 256*n),
 		clientID:    clientID,
@@ -355,29 +414,46 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 		traceID:     []byte(traceID),
 		lastHeaders: make(map[topic.Kind][]kafka.Header, 3),
 	}
+	claims, _ := auth.FromContext(ctx)
 	for i, r := range req.GetVisits() {
 		given := r.GetId()
-		rec, fe := v.visit("visits["+strconv.Itoa(i)+"]", r)
-		if err := b.add(topic.KindVisits, given, r, r.GetCanvasserId(), rec, fe); err != nil {
+		path := "visits[" + strconv.Itoa(i) + "]"
+		rec, fe := v.visit(path, r)
+		if fe == nil {
+			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
+		}
+		if err := b.add(topic.KindVisits, path, given, r, r.GetCanvasserId(), rec, fe); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
 	for i, r := range req.GetIntentions() {
 		given := r.GetId()
-		rec, fe := v.intention("intentions["+strconv.Itoa(i)+"]", r)
-		if err := b.add(topic.KindIntentions, given, r, r.GetCanvasserId(), rec, fe); err != nil {
+		path := "intentions[" + strconv.Itoa(i) + "]"
+		rec, fe := v.intention(path, r)
+		if fe == nil {
+			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
+		}
+		if err := b.add(topic.KindIntentions, path, given, r, r.GetCanvasserId(), rec, fe); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
 	for i, r := range req.GetFollowups() {
 		given := r.GetId()
-		rec, fe := v.followup("followups["+strconv.Itoa(i)+"]", r)
-		if err := b.add(topic.KindFollowups, given, r, r.GetCanvasserId(), rec, fe); err != nil {
+		path := "followups[" + strconv.Itoa(i) + "]"
+		rec, fe := v.followup(path, r)
+		if fe == nil {
+			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
+		}
+		if err := b.add(topic.KindFollowups, path, given, r, r.GetCanvasserId(), rec, fe); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
 
-	if err := s.produce(ctx, b.todo, traceID); err != nil {
+	todo, err := s.checkCorrections(ctx, b, claims)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.produce(ctx, todo, traceID); err != nil {
 		return nil, err
 	}
 	countResults(b.kinds, b.resp.Results)
@@ -400,28 +476,47 @@ func countResults(kinds []topic.Kind, results []*canvassv1.RecordResult) {
 	}
 }
 
+// settle answers a record whose id was acknowledged before with stamp
+// theirs: DUPLICATE when it is the same record, CONFLICT naming the fields
+// that differ otherwise.
+func settle(res *canvassv1.RecordResult, mine, theirs string) {
+	same, reason, fields := compareStamps(mine, theirs)
+	if same {
+		res.Status = canvassv1.Status_STATUS_DUPLICATE
+		return
+	}
+	res.Status, res.Reason, res.ConflictingFields = canvassv1.Status_STATUS_CONFLICT, reason, fields
+}
+
 // produce produces the records of todo that are neither acknowledged already
 // nor being produced by a concurrent Submit, waits for the concurrent ones
-// and sets every result to ACCEPTED or DUPLICATE. It returns a gRPC status
-// error when the broker did not acknowledge.
+// and sets every result to ACCEPTED, DUPLICATE or CONFLICT. The in-process
+// dedup settles what this instance knows; the shared id store, when
+// configured, decides the rest, so two instances never both accept an id.
+// It returns a gRPC status error when the broker did not acknowledge or
+// the id store could not be reached.
 func (s *Service) produce(ctx context.Context, todo []pending, traceID string) error {
+	owner := strconv.FormatUint(rand.Uint64(), 36)
 	for len(todo) > 0 {
 		ids := make([]uuid.UUID, len(todo))
 		for i, p := range todo {
 			ids[i] = p.uid
 		}
-		mine, dups, waiting, waits, own := s.dedup.claim(ids)
-		for _, i := range dups {
-			todo[i].result.Status = canvassv1.Status_STATUS_DUPLICATE
+		mine, acked, ackedVals, waiting, waits, own := s.dedup.claim(ids)
+		for k, i := range acked {
+			settle(todo[i].result, todo[i].stamp, ackedVals[k])
 		}
+		var again []pending
 		if len(mine) > 0 {
-			if err := s.write(ctx, todo, mine, own, traceID); err != nil {
+			retry, err := s.produceMine(ctx, todo, mine, own, owner, traceID)
+			if err != nil {
 				return err
 			}
+			again = append(again, retry...)
 		}
-		// Records another Submit was producing: theirs if it succeeded,
-		// ours to produce in the next round if it failed.
-		var again []pending
+		// Records another Submit of this instance was producing: settled by
+		// its outcome if it succeeded, ours to produce in the next round if
+		// it failed.
 		for k, w := range waits {
 			dedupWaitsTotal.Inc()
 			select {
@@ -430,8 +525,8 @@ func (s *Service) produce(ctx context.Context, todo []pending, traceID string) e
 				return status.FromContextError(ctx.Err()).Err()
 			}
 			p := todo[waiting[k]]
-			if w.Ok() {
-				p.result.Status = canvassv1.Status_STATUS_DUPLICATE
+			if v := w.Value(); v != "" {
+				settle(p.result, p.stamp, v)
 			} else {
 				again = append(again, p)
 			}
@@ -441,51 +536,188 @@ func (s *Service) produce(ctx context.Context, todo []pending, traceID string) e
 	return nil
 }
 
-// write produces todo[mine...], the ids of flight own, and waits for the
-// broker's acknowledgement.
-func (s *Service) write(ctx context.Context, todo []pending, mine []int, own *flight, traceID string) error {
-	msgs := make([]kafka.Message, len(mine))
+// produceMine produces todo[mine...], the ids this Submit claimed in the
+// process (flight own): it claims them in the shared id store as owner,
+// produces those it won, settles those the store knew, waits for those
+// another instance is producing, and ends the flight. It returns the
+// records to try again (another instance's produce failed).
+func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, own *flight, owner, traceID string) (again []pending, err error) {
 	ids := make([]uuid.UUID, len(mine))
+	stamps := make([]string, len(mine))
 	for k, i := range mine {
-		msgs[k] = todo[i].msg
-		ids[k] = todo[i].uid
+		ids[k], stamps[k] = todo[i].uid, todo[i].stamp
 	}
+	vals := make([]string, len(mine)) // stamp acknowledged per id, for the flight
+	defer func() { s.dedup.finish(own, ids, func(k int) string { return vals[k] }) }()
+
+	produce := make([]int, 0, len(mine)) // positions in mine
+	var elsewhere []int
+	if s.store == nil {
+		for k := range mine {
+			produce = append(produce, k)
+		}
+	} else {
+		answers, err := s.store.claim(ctx, owner, ids, stamps)
+		if err != nil {
+			return nil, s.storeUnavailable(ctx, err, traceID)
+		}
+		for k, a := range answers {
+			switch a.state {
+			case claimed:
+				produce = append(produce, k)
+			case acked:
+				settle(todo[mine[k]].result, stamps[k], a.stamp)
+				vals[k] = a.stamp
+			default:
+				elsewhere = append(elsewhere, k)
+			}
+		}
+	}
+
+	if len(produce) > 0 {
+		msgs := make([]kafka.Message, len(produce))
+		for j, k := range produce {
+			msgs[j] = todo[mine[k]].msg
+		}
+		ok, werr := s.write(ctx, msgs, traceID)
+		var ackIDs, relIDs []uuid.UUID
+		var ackStamps []string
+		for j, k := range produce {
+			if ok(j) {
+				vals[k] = stamps[k]
+				ackIDs, ackStamps = append(ackIDs, ids[k]), append(ackStamps, stamps[k])
+			} else {
+				relIDs = append(relIDs, ids[k])
+			}
+		}
+		if s.store != nil {
+			// Bookkeeping even when the caller went away: the records are on
+			// Kafka (ack) or must be free for the retry (release).
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
+			if len(ackIDs) > 0 {
+				if err := s.store.ack(bctx, ackIDs, ackStamps); err != nil {
+					// The records are on Kafka and answered ACCEPTED; their
+					// claims expire after the claim TTL.
+					s.log.Warn("recording acknowledged ids in the id store", "ids", len(ackIDs), "trace_id", traceID, "err", err)
+				}
+			}
+			if len(relIDs) > 0 {
+				if err := s.store.release(bctx, owner, relIDs); err != nil {
+					s.log.Warn("releasing ids whose produce failed", "ids", len(relIDs), "trace_id", traceID, "err", err)
+				}
+			}
+			cancel()
+		}
+		if werr != nil {
+			return nil, werr
+		}
+		for _, k := range produce {
+			todo[mine[k]].result.Status = canvassv1.Status_STATUS_ACCEPTED
+		}
+	}
+
+	if len(elsewhere) > 0 {
+		wait := make([]uuid.UUID, len(elsewhere))
+		for j, k := range elsewhere {
+			wait[j] = ids[k]
+		}
+		answers, err := s.waitElsewhere(ctx, wait)
+		if err != nil {
+			return nil, s.storeUnavailable(ctx, err, traceID)
+		}
+		for j, k := range elsewhere {
+			switch a := answers[j]; a.state {
+			case acked:
+				settle(todo[mine[k]].result, stamps[k], a.stamp)
+				vals[k] = a.stamp
+			default:
+				again = append(again, todo[mine[k]])
+			}
+		}
+	}
+	return again, nil
+}
+
+// errStillInFlight is returned when another instance's produce of an id did
+// not end within the produce timeout.
+var errStillInFlight = errors.New("another ingest instance is still producing the record; retry")
+
+// waitElsewhere polls the id store until no id of ids is in flight any
+// more (each is acknowledged or released), at most the produce timeout
+// plus a second: another instance's produce of them is bounded by its own
+// produce timeout.
+func (s *Service) waitElsewhere(ctx context.Context, ids []uuid.UUID) ([]idAnswer, error) {
+	idStoreWaitsTotal.Add(float64(len(ids)))
+	deadline := time.Now().Add(s.cfg.ProduceTimeout + time.Second)
+	backoff := 10 * time.Millisecond
+	for {
+		answers, err := s.store.lookup(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		done := true
+		for _, a := range answers {
+			done = done && a.state != inFlight
+		}
+		if done {
+			return answers, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, errStillInFlight
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// storeUnavailable turns an id store failure into the Submit's error.
+func (s *Service) storeUnavailable(ctx context.Context, err error, traceID string) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	s.log.Warn("shared id store", "trace_id", traceID, "err", err)
+	return status.Errorf(codes.Unavailable, "cannot tell new records from resubmitted ones: %v", err)
+}
+
+// write produces msgs and waits for the broker's acknowledgement. ok(j)
+// says whether msgs[j] is on Kafka (all of them when err is nil; on a
+// partial failure, those on partitions that acknowledged). err is a gRPC
+// status error.
+func (s *Service) write(ctx context.Context, msgs []kafka.Message, traceID string) (ok func(j int) bool, err error) {
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProduceTimeout)
 	defer cancel()
 	start := time.Now()
-	err := s.writer.WriteMessages(pctx, msgs...)
+	err = s.writer.WriteMessages(pctx, msgs...)
 	produceSeconds.Observe(time.Since(start).Seconds())
 
 	var werrs kafka.WriteErrors
 	partial := errors.As(err, &werrs) && len(werrs) == len(msgs)
-	s.dedup.finish(own, ids, func(k int) bool {
-		if err == nil {
-			return true
-		}
+	ok = func(j int) bool {
 		// Records on partitions that did acknowledge are on Kafka: remember
 		// them, so the client's retry gets DUPLICATE instead of a second copy.
-		return partial && werrs[k] == nil
-	})
-	if err != nil {
-		produceErrorsTotal.Inc()
-		if ctx.Err() != nil {
-			// The caller went away; nothing to log.
-			return status.FromContextError(ctx.Err()).Err()
-		}
-		if s.cfg.CreateTopics && topicMissing(err) {
-			select {
-			case s.topicsGone <- struct{}{}:
-			default:
-			}
-		}
-		err = summarize(err)
-		s.log.Warn("producing records", "records", len(msgs), "trace_id", traceID, "err", err)
-		return status.Errorf(codes.Unavailable, "kafka did not acknowledge the records: %v", err)
+		return err == nil || partial && werrs[j] == nil
 	}
-	for _, i := range mine {
-		todo[i].result.Status = canvassv1.Status_STATUS_ACCEPTED
+	if err == nil {
+		return ok, nil
 	}
-	return nil
+	produceErrorsTotal.Inc()
+	if ctx.Err() != nil {
+		// The caller went away; nothing to log.
+		return ok, status.FromContextError(ctx.Err()).Err()
+	}
+	if s.cfg.CreateTopics && topicMissing(err) {
+		select {
+		case s.topicsGone <- struct{}{}:
+		default:
+		}
+	}
+	serr := summarize(err)
+	s.log.Warn("producing records", "records", len(msgs), "trace_id", traceID, "err", serr)
+	return ok, status.Errorf(codes.Unavailable, "kafka did not acknowledge the records: %v", serr)
 }
 
 // topicMissing reports whether a produce failed because a topic does not
@@ -560,6 +792,8 @@ func resultLabel(st canvassv1.Status) string {
 		return resultDuplicate
 	case canvassv1.Status_STATUS_REJECTED:
 		return resultRejected
+	case canvassv1.Status_STATUS_CONFLICT:
+		return resultConflict
 	}
 	return "unknown"
 }

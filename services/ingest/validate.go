@@ -48,11 +48,29 @@ type validator struct {
 	maxFuture time.Duration // how far a record's time may be ahead of now
 }
 
-// record is a validated record: its id and its locality.
+// record is a validated record: its id, its locality and the record it
+// corrects.
 type record struct {
 	id       string    // canonical (lower-case) UUID text
 	uid      uuid.UUID // the same id as 16 bytes
 	locality locality.Index
+	replaces uuid.UUID // uuid.Nil when it corrects nothing
+}
+
+// checkReplaces checks replaces_id: empty, or a UUID other than the
+// record's own id. It returns the UUID and its canonical text.
+func checkReplaces(path, s string, id uuid.UUID) (uuid.UUID, string, *FieldError) {
+	if s == "" {
+		return uuid.Nil, "", nil
+	}
+	u, fe := checkUUID(path, "replaces_id", s)
+	if fe != nil {
+		return uuid.Nil, "", fe
+	}
+	if u == id {
+		return uuid.Nil, "", fieldError(path, "replaces_id", "must not be the record's own id")
+	}
+	return u, canonical(s, u), nil
 }
 
 // visit validates a visit at path (e.g. "visits[3]") and canonicalises its
@@ -81,9 +99,13 @@ func (v validator) visit(path string, r *canvassv1.Visit) (record, *FieldError) 
 	if fe := checkEnum(path, "outcome", r.GetOutcome()); fe != nil {
 		return record{}, fe
 	}
+	rep, repText, fe := checkReplaces(path, r.GetReplacesId(), uid)
+	if fe != nil {
+		return record{}, fe
+	}
 	id := canonical(r.GetId(), uid)
-	r.Id = id
-	return record{id: id, uid: uid, locality: loc}, nil
+	r.Id, r.ReplacesId = id, repText
+	return record{id: id, uid: uid, locality: loc, replaces: rep}, nil
 }
 
 // intention validates an intention at path and canonicalises its ids in place.
@@ -112,9 +134,13 @@ func (v validator) intention(path string, r *canvassv1.Intention) (record, *Fiel
 	if fe := checkOptionalText(path, "canvasser_id", r.GetCanvasserId(), MaxIDLen, false); fe != nil {
 		return record{}, fe
 	}
+	rep, repText, fe := checkReplaces(path, r.GetReplacesId(), uid)
+	if fe != nil {
+		return record{}, fe
+	}
 	id := canonical(r.GetId(), uid)
-	r.Id, r.VisitId = id, canonical(r.GetVisitId(), visitUID)
-	return record{id: id, uid: uid, locality: loc}, nil
+	r.Id, r.VisitId, r.ReplacesId = id, canonical(r.GetVisitId(), visitUID), repText
+	return record{id: id, uid: uid, locality: loc, replaces: rep}, nil
 }
 
 // followup validates a follow-up request at path and canonicalises its ids
@@ -147,9 +173,13 @@ func (v validator) followup(path string, r *canvassv1.FollowupRequest) (record, 
 	if fe := checkOptionalText(path, "canvasser_id", r.GetCanvasserId(), MaxIDLen, false); fe != nil {
 		return record{}, fe
 	}
+	rep, repText, fe := checkReplaces(path, r.GetReplacesId(), uid)
+	if fe != nil {
+		return record{}, fe
+	}
 	id := canonical(r.GetId(), uid)
-	r.Id, r.VisitId = id, canonical(r.GetVisitId(), visitUID)
-	return record{id: id, uid: uid, locality: loc}, nil
+	r.Id, r.VisitId, r.ReplacesId = id, canonical(r.GetVisitId(), visitUID), repText
+	return record{id: id, uid: uid, locality: loc, replaces: rep}, nil
 }
 
 func fieldError(path, field, format string, args ...any) *FieldError {

@@ -27,3 +27,8 @@ func observe(method string, err error, start time.Time) {
 	callsTotal.WithLabelValues(method, status.Code(err).String()).Inc()
 	callSeconds.WithLabelValues(method).Observe(time.Since(start).Seconds())
 }
+
+var corsRefusedTotal = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "chapper_grpc_cors_refused_total",
+	Help: "gRPC-web requests and CORS preflights refused because their Origin is not in -grpc.cors-origins.",
+})

@@ -14,10 +14,19 @@
 // here, and gave 10-20% less throughput, so native clients keep grpc-go's
 // own transport. (With TLS and ALPN h2, which the gRPC-web issue brings,
 // the split must move to the content-type; cmux can match that too.)
+//
+// With a TLS certificate configured (-grpc.tls-cert, -grpc.tls-key) there is
+// no sniffing: one net/http server speaks TLS with ALPN h2 and http/1.1 and
+// routes by content type, application/grpc to grpc.Server.ServeHTTP and
+// gRPC-web to the wrapper, since browsers use HTTP/2 over TLS too.
+//
+// CORS (cors.go) is an exact allow-list; gRPC-web request bodies and
+// native messages alike are bounded by -grpc.max-recv-bytes.
 package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,6 +58,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	CORSOrigins     string
 	MaxRecvBytes    int
+	// TLSCert and TLSKey are PEM files; both set turns TLS on.
+	TLSCert string
+	TLSKey  string
 }
 
 // RegisterFlags registers the server's flags on fs under prefix (e.g. "grpc"
@@ -56,8 +68,10 @@ type Config struct {
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, prefix+".addr", ":7070", "Listen address of gRPC and gRPC-web (one port; chapper dev uses 127.0.0.1:7070).")
 	fs.DurationVar(&c.ShutdownTimeout, prefix+".shutdown-timeout", 10*time.Second, "Longest wait for calls in progress at shutdown before they are cut.")
-	fs.StringVar(&c.CORSOrigins, prefix+".cors-origins", "*", "Comma-separated origins allowed to call over gRPC-web; * allows any.")
-	fs.IntVar(&c.MaxRecvBytes, prefix+".max-recv-bytes", 4<<20, "Largest request message accepted, in bytes.")
+	fs.StringVar(&c.CORSOrigins, prefix+".cors-origins", "", "Comma-separated exact origins allowed to call over gRPC-web (scheme://host[:port]; scheme://host:* for any port); * allows any origin but never with credentials; empty allows none (chapper dev: http://localhost:* and http://127.0.0.1:*).")
+	fs.IntVar(&c.MaxRecvBytes, prefix+".max-recv-bytes", 4<<20, "Largest request message accepted, in bytes, over gRPC and gRPC-web alike; larger is RESOURCE_EXHAUSTED.")
+	fs.StringVar(&c.TLSCert, prefix+".tls-cert", "", "PEM certificate (chain) file; with -"+prefix+".tls-key it turns TLS on (chapper dev -tls makes a local one).")
+	fs.StringVar(&c.TLSKey, prefix+".tls-key", "", "PEM private key file of -"+prefix+".tls-cert.")
 }
 
 // Validate reports the first problem with the configuration.
@@ -67,6 +81,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout < 0 {
 		return errors.New("grpc shutdown timeout must not be negative")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("grpc TLS needs both -grpc.tls-cert and -grpc.tls-key")
+	}
+	if _, err := parseCORS(c.CORSOrigins); err != nil {
+		return err
 	}
 	return nil
 }
@@ -79,6 +99,9 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 
+	cors *corsPolicy
+	tls  *tls.Config // nil: plaintext
+
 	mu        sync.Mutex
 	gates     []func(context.Context) error
 	addr      net.Addr
@@ -86,7 +109,10 @@ type Server struct {
 }
 
 // New returns a Server with the health service and reflection registered.
-func New(cfg Config, log *slog.Logger) (*Server, error) {
+// opts are added after the server's own options; interceptors among them
+// (authentication, say) run inside the server's panic recovery and call
+// metrics.
+func New(cfg Config, log *slog.Logger, opts ...grpc.ServerOption) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -94,20 +120,31 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.Default()
 	}
 	log = log.With("part", "grpc")
+	cors, _ := parseCORS(cfg.CORSOrigins)
+	var tlsCfg *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading grpc TLS certificate: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+	}
 	s := &Server{
+		cors:      cors,
+		tls:       tlsCfg,
 		cfg:       cfg,
 		log:       log,
 		health:    health.NewServer(),
 		listening: make(chan struct{}),
 	}
-	opts := []grpc.ServerOption{
+	own := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}
 	if cfg.MaxRecvBytes > 0 {
-		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxRecvBytes))
+		own = append(own, grpc.MaxRecvMsgSize(cfg.MaxRecvBytes))
 	}
-	s.grpc = grpc.NewServer(opts...)
+	s.grpc = grpc.NewServer(append(own, opts...)...)
 	// Not serving until the gates passed and the listener is up.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -178,6 +215,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listening for grpc on %s: %w", s.cfg.Addr, err)
 	}
+	if s.tls != nil {
+		return s.runTLS(ctx, lis)
+	}
 	mux := cmux.New(lis)
 	// A client that connects and never speaks must not hold a sniffing
 	// goroutine forever.
@@ -190,15 +230,7 @@ func (s *Server) Run(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 	}
 
-	s.mu.Lock()
-	s.addr = lis.Addr()
-	s.mu.Unlock()
-	for name := range s.grpc.GetServiceInfo() {
-		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
-	}
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	close(s.listening)
-	s.log.Info("grpc and grpc-web listening", "addr", lis.Addr().String())
+	s.serving(lis, "plaintext")
 
 	var stopping sync.Once
 	stopped := make(chan struct{})
@@ -264,33 +296,92 @@ func (s *Server) shutdown(lis net.Listener, web *http.Server) {
 	s.log.Info("grpc server stopped")
 }
 
-// webHandler answers gRPC-web calls and CORS preflight; anything else is 404.
-func (s *Server) webHandler() http.Handler {
-	allowAll := false
-	allowed := map[string]bool{}
-	for _, o := range strings.Split(s.cfg.CORSOrigins, ",") {
-		o = strings.TrimSpace(o)
-		if o == "*" {
-			allowAll = true
-		} else if o != "" {
-			allowed[o] = true
-		}
+// serving records the address, marks every service SERVING and reports
+// listening.
+func (s *Server) serving(lis net.Listener, mode string) {
+	s.mu.Lock()
+	s.addr = lis.Addr()
+	s.mu.Unlock()
+	for name := range s.grpc.GetServiceInfo() {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
-	wrapped := grpcweb.WrapServer(s.grpc,
-		grpcweb.WithOriginFunc(func(origin string) bool { return allowAll || allowed[origin] }),
-		grpcweb.WithAllowedRequestHeaders([]string{"*"}),
-	)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	close(s.listening)
+	s.log.Info("grpc and grpc-web listening", "addr", lis.Addr().String(), "transport", mode, "cors_origins", s.cfg.CORSOrigins)
+}
+
+// runTLS serves gRPC and gRPC-web over TLS from one net/http server (HTTP/2
+// by ALPN, or HTTP/1.1), routing native gRPC by its content type.
+func (s *Server) runTLS(ctx context.Context, lis net.Listener) error {
+	web := s.webHandler()
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ProtoMajor == 2 && isNativeGRPC(r.Header.Get("Content-Type")) {
+				s.grpc.ServeHTTP(w, r)
+				return
+			}
+			web.ServeHTTP(w, r)
+		}),
+		TLSConfig:         s.tls,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.serving(lis, "tls")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(lis, "", "") }()
+	select {
+	case err := <-errc:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving grpc over tls: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	s.health.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		s.log.Warn("grpc calls still running at the shutdown deadline; cutting them", "timeout", s.cfg.ShutdownTimeout)
+		_ = srv.Close()
+	}
+	s.grpc.Stop()
+	<-errc
+	s.log.Info("grpc server stopped")
+	return nil
+}
+
+// isNativeGRPC reports whether a content type is native gRPC
+// (application/grpc or application/grpc+<codec>), not gRPC-web.
+func isNativeGRPC(ct string) bool {
+	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") || strings.HasPrefix(ct, "application/grpc;")
+}
+
+// webHandler answers gRPC-web calls and CORS preflight (for allowed origins
+// only); anything else is 404. A gRPC-web body is cut at the message size
+// limit (with room for framing and the base64 of the text format), so an
+// endless body cannot be streamed in; the gRPC server refuses a larger
+// message itself, as on native gRPC.
+func (s *Server) webHandler() http.Handler {
+	wrapped := grpcweb.WrapServer(s.grpc)
+	limit := int64(-1)
+	if s.cfg.MaxRecvBytes > 0 {
+		limit = int64(s.cfg.MaxRecvBytes)*4/3 + 64<<10
+	}
 	page := s.appHandler() // the web page at /app/ (app.go)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if wrapped.IsGrpcWebRequest(r) || wrapped.IsAcceptableGrpcCorsRequest(r) {
-			wrapped.ServeHTTP(w, r)
+	return s.cors.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if wrapped.IsGrpcWebRequest(r) {
+			if limit > 0 {
+				r.Body = http.MaxBytesReader(w, r.Body, limit)
+			}
+			wrapped.HandleGrpcWebRequest(w, r)
 			return
 		}
 		if serveApp(page, w, r) {
 			return
 		}
 		http.Error(w, "this port speaks gRPC and gRPC-web (POST application/grpc-web+proto)", http.StatusNotFound)
-	})
+	}))
 }
 
 // unaryInterceptor turns a panic in a handler into an INTERNAL error (the

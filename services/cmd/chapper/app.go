@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -9,9 +10,11 @@ import (
 	"strings"
 
 	"github.com/chapper/chapper/services/admin"
+	"github.com/chapper/chapper/services/auth"
 	"github.com/chapper/chapper/services/devstack"
 	"github.com/chapper/chapper/services/server"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 )
 
 // common holds the flags serve and dev share.
@@ -21,6 +24,8 @@ type common struct {
 	brokers string
 	grpc    server.Config
 	admin   admin.Config
+	// auth is registered by serve and dev themselves (their defaults differ).
+	auth auth.Config
 }
 
 func (c *common) register(fs *flag.FlagSet, defaultTargets string) {
@@ -46,9 +51,15 @@ type app struct {
 
 	grpc     *server.Server
 	grpcUsed bool
-	admin    *admin.Server
-	parts    []part
-	out      io.Writer
+	// authOn says authentication is on; authErr, when not nil, is why the
+	// gRPC port cannot be served (no key).
+	authOn  bool
+	authErr error
+	authDir string // dev mode: where the key pair is
+	tlsCert string // dev mode: the TLS certificate, "" for plaintext
+	admin   *admin.Server
+	parts   []part
+	out     io.Writer
 }
 
 // part is one long-running piece of a target.
@@ -58,7 +69,11 @@ type part struct {
 }
 
 func newApp(c *common, log *slog.Logger, out io.Writer) (*app, error) {
-	g, err := server.New(c.grpc, log)
+	opts, authErr, err := authOptions(&c.auth)
+	if err != nil {
+		return nil, err
+	}
+	g, err := server.New(c.grpc, log, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -72,8 +87,34 @@ func newApp(c *common, log *slog.Logger, out io.Writer) (*app, error) {
 			brokers = append(brokers, b)
 		}
 	}
-	return &app{Log: log, Brokers: brokers, grpc: g, admin: adm, out: out}, nil
+	return &app{Log: log, Brokers: brokers, grpc: g, admin: adm, out: out, authOn: bool(c.auth.On), authErr: authErr}, nil
 }
+
+// authOptions returns the gRPC server options that check tokens when
+// authentication is on. No key at all is not an error here but authErr,
+// which the targets serving the gRPC port (ingest, query) return: the
+// operator subcommands and the other targets run without keys.
+func authOptions(c *auth.Config) (opts []grpc.ServerOption, authErr, err error) {
+	if !c.On {
+		return nil, nil, nil
+	}
+	keys, err := c.LoadKeys()
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading token keys: %w", err)
+	}
+	v, err := auth.NewVerifier(*c, keys)
+	if errors.Is(err, auth.ErrNoKeys) {
+		return nil, fmt.Errorf("authentication is on and %w: give -auth.keys-dir (a directory written by `chapper token keygen`) or -auth.hs256-keys, or turn it off with -auth=off", err), nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("building token verifier: %w", err)
+	}
+	return auth.NewInterceptors(v).ServerOptions(), nil, nil
+}
+
+// GRPCAuthReady returns an error when authentication is on without a key:
+// a target serving the gRPC port must then refuse to start.
+func (a *app) GRPCAuthReady() error { return a.authErr }
 
 // GRPC returns the shared gRPC and gRPC-web server. A target that calls it
 // makes the server part of the run; the port opens once every gate passed.

@@ -33,7 +33,7 @@ var commands = []command{
 	notYet("replay", "re-read topics from an offset or a time into a sink", "the consumer runtime, issue 4"),
 	notYet("deadletter", "inspect and re-drive dead-lettered records", "the consumer runtime, issue 4"),
 	{"report", "run a ready-made reporting query against Elasticsearch (intentions, followups, canvassers, unknocked)", runReport},
-	notYet("token", "issue client tokens", "the gRPC-web authentication issue"),
+	{"token", "issue client tokens (issue) and write signing keys (keygen)", runToken},
 }
 
 // notYet is a subcommand a later issue builds.

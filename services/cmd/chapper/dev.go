@@ -8,18 +8,20 @@ import (
 	"io"
 	"path/filepath"
 
+	"github.com/chapper/chapper/services/auth"
 	"github.com/chapper/chapper/services/devstack"
 )
 
 // devDefaults are the flag defaults of `chapper dev` beyond the targets'
 // own: loopback only, DESIGN.md's dev ports.
 var devDefaults = map[string]string{
-	"grpc.addr":  "127.0.0.1:7070",
-	"admin.addr": "127.0.0.1:7071",
+	"grpc.addr":         "127.0.0.1:7070",
+	"admin.addr":        "127.0.0.1:7071",
+	"grpc.cors-origins": devCORSOrigins,
 }
 
 // runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis, search; data
-// under -dev.dir) and every target, plaintext, authentication off. It
+// under -dev.dir) and every target, plaintext, authentication off unless -auth. It
 // prints the endpoints once the gRPC port is open and stops everything on
 // ctx (Ctrl-C).
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,6 +31,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	c.register(fs, "all")
 	var sc devstack.StackConfig
 	sc.RegisterFlags("dev", fs)
+	// Off unless -auth; the keys default to <dev.dir>/auth (devAuth).
+	c.auth.RegisterFlags("auth", fs, false, "")
+	var tlsOn auth.Switch
+	fs.Var(&tlsOn, "tls", "TLS on the gRPC port: on or off (a bare -tls means on), with a local self-signed certificate kept under <dev.dir>/tls/ unless -grpc.tls-cert is given.")
 	setups := registerTargetFlags(fs)
 	for name, v := range devDefaults {
 		if err := setDefault(fs, name, v); err != nil {
@@ -54,6 +60,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	sc.Logger = log
+	if err := devAuth(&c.auth, sc.Dir, stderr); err != nil {
+		return err
+	}
+	if err := devTLS(bool(tlsOn), &c.grpc, sc.Dir, stderr); err != nil {
+		return err
+	}
 
 	stack, err := devstack.StartStack(ctx, sc)
 	if err != nil {
@@ -65,6 +77,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	a.Stack = stack
 	a.DataDir, _ = filepath.Abs(sc.Dir)
+	a.authDir, a.tlsCert = c.auth.KeysDir, c.grpc.TLSCert
 	// Dev mode talks to its own broker, whatever -kafka.brokers says.
 	a.Brokers = []string{stack.Kafka.Addr()}
 
@@ -83,7 +96,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func printEndpoints(w io.Writer, a *app, names []string) {
 	fmt.Fprintf(w, "chapper dev is up (targets: %v)\n", names)
 	if a.grpcUsed {
-		fmt.Fprintf(w, "  gRPC + gRPC-web  %s\n", a.grpc.Addr())
+		if a.tlsCert != "" {
+			fmt.Fprintf(w, "  gRPC + gRPC-web  %s  (TLS; certificate %s)\n", a.grpc.Addr(), a.tlsCert)
+		} else {
+			fmt.Fprintf(w, "  gRPC + gRPC-web  %s\n", a.grpc.Addr())
+		}
 	}
 	fmt.Fprintf(w, "  admin            http://%s  (/metrics /healthz /readyz)\n", a.admin.Addr())
 	s := a.Stack
@@ -96,6 +113,9 @@ func printEndpoints(w io.Writer, a *app, names []string) {
 	}
 	if s.Search != nil {
 		fmt.Fprintf(w, "  search           %s  (Elasticsearch API subset; aliases canvass-visits, canvass-intentions, canvass-followups)\n", s.Search.URL())
+	}
+	if a.authOn {
+		fmt.Fprintf(w, "  auth             %s  (tokens: chapper token issue -canvasser=<id> -role=canvasser -auth.keys-dir=%s)\n", a.authDir, a.authDir)
 	}
 	fmt.Fprintf(w, "  data             %s\n", a.DataDir)
 	fmt.Fprintln(w, "Ctrl-C stops everything.")

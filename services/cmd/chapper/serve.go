@@ -8,11 +8,15 @@ import (
 
 // runServe is `chapper serve`: the targets named by -target against the
 // stores the flags point at. Production runs one target per Deployment.
+// Authentication is on unless -auth=off; ingest and query refuse to start
+// with it on and no key.
 func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c common
 	c.register(fs, "")
+	// On unless turned off; no default key: production names its keys.
+	c.auth.RegisterFlags("auth", fs, true, "")
 	setups := registerTargetFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -29,6 +33,6 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("chapper serve starting", "targets", names, "kafka", a.Brokers)
+	log.Info("chapper serve starting", "targets", names, "kafka", a.Brokers, "auth", c.auth.On.String())
 	return a.run(ctx, names, setups, nil)
 }

@@ -16,7 +16,14 @@ func init() {
 			var cfg ingest.Config
 			cfg.RegisterFlags("ingest", fs)
 			return func(_ context.Context, a *app) error {
+				if err := a.GRPCAuthReady(); err != nil {
+					return err
+				}
 				cfg.Brokers = a.Brokers
+				if a.Stack != nil && a.Stack.Redis != nil && cfg.RedisAddrs == "" {
+					// dev: the shared id store is the dev Redis
+					cfg.RedisAddrs = a.Stack.Redis.Addr()
+				}
 				cfg.Logger = a.Log
 				svc, err := ingest.New(cfg)
 				if err != nil {

@@ -22,6 +22,9 @@ func init() {
 			var redisCfg timeline.RedisConfig
 			redisCfg.RegisterFlags("query", fs)
 			return func(ctx context.Context, a *app) error {
+				if err := a.GRPCAuthReady(); err != nil {
+					return err
+				}
 				if a.Stack != nil {
 					redisCfg.Addrs = []string{a.Stack.Redis.Addr()}
 				}

@@ -1,0 +1,381 @@
+package ingest
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
+	"github.com/chapper/chapper/proto/topic"
+	"github.com/chapper/chapper/services/auth"
+	"github.com/chapper/chapper/services/devstack/devtest"
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// withStore points ingest at the shared id store at addr under prefix.
+func withStore(addr, prefix string) func(*Config) {
+	return func(c *Config) { c.RedisAddrs, c.RedisPrefix = addr, prefix }
+}
+
+func submit(t *testing.T, ctx context.Context, r *running, req *canvassv1.SubmitRequest) []*canvassv1.RecordResult {
+	t.Helper()
+	resp, err := r.client.Submit(ctx, req)
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	return resp.GetResults()
+}
+
+func wantStatus(t *testing.T, res *canvassv1.RecordResult, want canvassv1.Status, reason string) {
+	t.Helper()
+	if res.GetStatus() != want || !strings.Contains(res.GetReason(), reason) {
+		t.Errorf("result %s = %v %q, want %v with a reason containing %q", res.GetId(), res.GetStatus(), res.GetReason(), want, reason)
+	}
+}
+
+// TestIDStoreAcrossInstances submits a record to one instance and
+// resubmits it to another, which has never seen it in its own memory:
+// same content is DUPLICATE, other content CONFLICT naming the fields, and
+// another kind with the id CONFLICT too; nothing is produced twice.
+func TestIDStoreAcrossInstances(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	prefix := devtest.KeyPrefix(t)
+	a := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
+	b := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
+	ctx := testCtx(t, 60*time.Second)
+
+	v := validVisit(t)
+	wantStatus(t, submit(t, ctx, a, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})[0], canvassv1.Status_STATUS_ACCEPTED, "")
+	wantStatus(t, submit(t, ctx, b, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})[0], canvassv1.Status_STATUS_DUPLICATE, "")
+
+	moved := proto.Clone(v).(*canvassv1.Visit)
+	moved.Location.Latitude += 0.01
+	moved.VisitedAt = timestamppb.New(v.VisitedAt.AsTime().Add(time.Second))
+	res := submit(t, ctx, b, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{moved}})[0]
+	wantStatus(t, res, canvassv1.Status_STATUS_CONFLICT, "differing fields: location, visited_at")
+	if !slices.Equal(res.GetConflictingFields(), []string{"location", "visited_at"}) {
+		t.Errorf("conflicting_fields = %v, want [location visited_at]", res.GetConflictingFields())
+	}
+	// The same process that accepted it answers alike from its memory.
+	res = submit(t, ctx, a, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{moved}})[0]
+	if !slices.Equal(res.GetConflictingFields(), []string{"location", "visited_at"}) {
+		t.Errorf("conflict from memory: %v", res)
+	}
+
+	in := validIntention(t)
+	in.Id = v.Id
+	wantStatus(t, submit(t, ctx, b, &canvassv1.SubmitRequest{Intentions: []*canvassv1.Intention{in}})[0], canvassv1.Status_STATUS_CONFLICT, "accepted as a visit, not an intention")
+
+	if n := len(readTopic(t, k.Addr(), topic.Visits)); n != 1 {
+		t.Errorf("%s holds %d records, want 1", topic.Visits, n)
+	}
+	if n := len(readTopic(t, k.Addr(), topic.Intentions)); n != 0 {
+		t.Errorf("%s holds %d records, want 0", topic.Intentions, n)
+	}
+	// A restarted instance (fresh memory) still knows.
+	c := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
+	wantStatus(t, submit(t, ctx, c, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})[0], canvassv1.Status_STATUS_DUPLICATE, "")
+}
+
+// TestIDStoreRace submits the same records to two instances at the same
+// time, as two devices syncing one queue would: each id is ACCEPTED
+// exactly once and is on Kafka exactly once.
+func TestIDStoreRace(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	prefix := devtest.KeyPrefix(t)
+	a := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
+	b := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
+	ctx := testCtx(t, 60*time.Second)
+
+	const batches, size = 20, 10
+	accepted := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range batches {
+		req := &canvassv1.SubmitRequest{}
+		for range size {
+			req.Visits = append(req.Visits, validVisit(t))
+		}
+		for _, r := range []*running{a, b} {
+			wg.Go(func() {
+				resp, err := r.client.Submit(ctx, proto.Clone(req).(*canvassv1.SubmitRequest))
+				if err != nil {
+					t.Errorf("Submit: %v", err)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, res := range resp.GetResults() {
+					switch res.GetStatus() {
+					case canvassv1.Status_STATUS_ACCEPTED:
+						accepted[res.GetId()]++
+					case canvassv1.Status_STATUS_DUPLICATE:
+						accepted[res.GetId()] += 0
+					default:
+						t.Errorf("result %v", res)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if len(accepted) != batches*size {
+		t.Fatalf("%d ids answered, want %d", len(accepted), batches*size)
+	}
+	for id, n := range accepted {
+		if n != 1 {
+			t.Errorf("id %s ACCEPTED %d times, want exactly once", id, n)
+		}
+	}
+	if n := len(readTopic(t, k.Addr(), topic.Visits)); n != batches*size {
+		t.Errorf("%s holds %d records, want %d", topic.Visits, n, batches*size)
+	}
+}
+
+// TestIDStoreDown stops the store's redis-server: Submit answers
+// UNAVAILABLE and produces nothing rather than guess; once it is back,
+// the record is accepted.
+func TestIDStoreDown(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.NewRedis(t)
+	r := startIngest(t, k.Addr(), withStore(rd.Addr(), "down:"))
+	ctx := testCtx(t, 60*time.Second)
+
+	v := validVisit(t)
+	wantStatus(t, submit(t, ctx, r, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})[0], canvassv1.Status_STATUS_ACCEPTED, "")
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	w := validVisit(t)
+	_, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{w}})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "id store") {
+		t.Fatalf("Submit with the id store down = %v, want UNAVAILABLE naming the id store", err)
+	}
+	if n := len(readTopic(t, k.Addr(), topic.Visits)); n != 1 {
+		t.Errorf("%s holds %d records, want 1 (nothing produced while the store was down)", topic.Visits, n)
+	}
+	if err := rd.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{w}})
+		if err == nil {
+			wantStatus(t, resp.GetResults()[0], canvassv1.Status_STATUS_ACCEPTED, "")
+			break
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			t.Fatalf("Submit after the store came back: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestIDStoreInFlight covers ids another instance holds: the claim of a
+// produce that failed is released (the retry is accepted), a Submit waits
+// for an id in flight elsewhere and takes it over once released, and an id
+// whose claim never ends gets UNAVAILABLE.
+func TestIDStoreInFlight(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	prefix := devtest.KeyPrefix(t)
+	rc := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	t.Cleanup(func() { _ = rc.Close() })
+	ctx := testCtx(t, 90*time.Second)
+	key := func(id string) string { return prefix + "id:{" + id + "}" }
+
+	t.Run("failed produce is released", func(t *testing.T) {
+		k2 := devtest.Kafka(t)
+		r := startIngest(t, k2.Addr(), withStore(rd.Addr(), prefix))
+		v := validVisit(t)
+		_ = k2.Close()
+		if _, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("Submit with kafka down = %v, want UNAVAILABLE", err)
+		}
+		if n, err := rc.Exists(ctx, key(v.Id)).Result(); err != nil || n != 0 {
+			t.Errorf("claim of %s still in the store after its produce failed (exists %d, %v)", v.Id, n, err)
+		}
+	})
+
+	r := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
+	t.Run("waits, then takes over a released claim", func(t *testing.T) {
+		v := validVisit(t)
+		if err := rc.Set(ctx, key(v.Id), "pother|x", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			rc.Del(context.Background(), key(v.Id))
+		}()
+		start := time.Now()
+		wantStatus(t, submit(t, ctx, r, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})[0], canvassv1.Status_STATUS_ACCEPTED, "")
+		if d := time.Since(start); d < 250*time.Millisecond {
+			t.Errorf("Submit answered after %s, before the other claim was released", d)
+		}
+	})
+	t.Run("claim that never ends", func(t *testing.T) {
+		v := validVisit(t)
+		if err := rc.Set(ctx, key(v.Id), "pother|x", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "still producing") {
+			t.Errorf("Submit of an id in flight elsewhere = %v, want UNAVAILABLE", err)
+		}
+	})
+}
+
+// TestCorrections checks replaces_id: a correction of one's own record of
+// the same kind is accepted (the replaced record may have been accepted by
+// another instance, or sit in the same batch, or be unknown); another kind,
+// another canvasser (unless operator), the record's own id or a malformed
+// id are REJECTED.
+func TestCorrections(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	prefix := devtest.KeyPrefix(t)
+	opts, is := testAuth(t)
+	a := startIngestWith(t, k.Addr(), opts, withStore(rd.Addr(), prefix))
+	b := startIngestWith(t, k.Addr(), opts, withStore(rd.Addr(), prefix))
+	ctx := testCtx(t, 60*time.Second)
+	c1 := withToken(t, ctx, is, "c1", auth.RoleCanvasser, nil)
+	c2 := withToken(t, ctx, is, "c2", auth.RoleCanvasser, nil)
+	op := withToken(t, ctx, is, "op", auth.RoleOperator, nil)
+
+	orig := validVisit(t)
+	orig.CanvasserId = ""
+	wantStatus(t, submit(t, c1, a, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{orig}})[0], canvassv1.Status_STATUS_ACCEPTED, "")
+	fix := func(replaces string) *canvassv1.Visit {
+		v := validVisit(t)
+		v.CanvasserId, v.ReplacesId, v.Outcome = "", replaces, canvassv1.Outcome_OUTCOME_REFUSED
+		return v
+	}
+	wrongKind := validIntention(t)
+	wrongKind.CanvasserId, wrongKind.ReplacesId = "", orig.Id
+	self := fix("")
+	self.ReplacesId = self.Id
+	inBatch := validVisit(t)
+	inBatch.CanvasserId = ""
+
+	tests := []struct {
+		name   string
+		ctx    context.Context
+		req    *canvassv1.SubmitRequest
+		want   canvassv1.Status
+		reason string
+	}{
+		{"own record, other instance", c1, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{fix(strings.ToUpper(orig.Id))}}, canvassv1.Status_STATUS_ACCEPTED, ""},
+		{"other kind", c1, &canvassv1.SubmitRequest{Intentions: []*canvassv1.Intention{wrongKind}}, canvassv1.Status_STATUS_REJECTED, "intentions[0].replaces_id: names a visit; an intention can only replace a record of its own kind"},
+		{"other canvasser", c2, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{fix(orig.Id)}}, canvassv1.Status_STATUS_REJECTED, "visits[0].replaces_id: names a record of another canvasser"},
+		{"operator", op, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{fix(orig.Id)}}, canvassv1.Status_STATUS_ACCEPTED, ""},
+		{"own id", c1, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{self}}, canvassv1.Status_STATUS_REJECTED, "visits[0].replaces_id: must not be the record's own id"},
+		{"malformed", c1, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{fix("v1")}}, canvassv1.Status_STATUS_REJECTED, "visits[0].replaces_id: must be a UUID"},
+		{"unknown record", c1, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{fix(uuid.NewString())}}, canvassv1.Status_STATUS_ACCEPTED, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			wantStatus(t, submit(t, tc.ctx, b, tc.req)[0], tc.want, tc.reason)
+		})
+	}
+	t.Run("same batch", func(t *testing.T) {
+		res := submit(t, c1, b, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{inBatch, fix(inBatch.Id)}})
+		wantStatus(t, res[0], canvassv1.Status_STATUS_ACCEPTED, "")
+		wantStatus(t, res[1], canvassv1.Status_STATUS_ACCEPTED, "")
+		res = submit(t, c2, b, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{fix(inBatch.Id)}})
+		wantStatus(t, res[0], canvassv1.Status_STATUS_REJECTED, "another canvasser")
+	})
+	// The accepted correction is on Kafka with its replaces_id, canonical.
+	found := false
+	for _, m := range readTopic(t, k.Addr(), topic.Visits) {
+		var v canvassv1.Visit
+		_ = proto.Unmarshal(m.Value, &v)
+		found = found || v.GetReplacesId() == orig.Id && v.GetCanvasserId() == "c1"
+	}
+	if !found {
+		t.Errorf("no correction of %s by c1 on %s", orig.Id, topic.Visits)
+	}
+}
+
+// retryDelay returns the RetryInfo delay of a status error.
+func retryDelay(err error) time.Duration {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
+}
+
+// TestLimits checks the per-canvasser rate limit (a canvasser over it is
+// refused with RetryInfo, another is not) and the global in-flight limit
+// (a second Submit while one is in progress is refused at once).
+func TestLimits(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	prefix := devtest.KeyPrefix(t)
+	opts, is := testAuth(t)
+	r := startIngestWith(t, k.Addr(), opts, withStore(rd.Addr(), prefix), func(c *Config) {
+		c.BatchLimit, c.RateBurst, c.RatePerCanvasser, c.MaxInFlight = 10, 10, 1, 1
+	})
+	ctx := testCtx(t, 60*time.Second)
+	c1 := withToken(t, ctx, is, "c1", auth.RoleCanvasser, nil)
+	c2 := withToken(t, ctx, is, "c2", auth.RoleCanvasser, nil)
+	batch := func(n int) *canvassv1.SubmitRequest {
+		req := &canvassv1.SubmitRequest{}
+		for range n {
+			v := validVisit(t)
+			v.CanvasserId = ""
+			req.Visits = append(req.Visits, v)
+		}
+		return req
+	}
+	submit(t, c1, r, batch(10))
+	_, err := r.client.Submit(c1, batch(2))
+	if status.Code(err) != codes.ResourceExhausted || retryDelay(err) < time.Second {
+		t.Fatalf("Submit over the rate = %v (retry %s), want RESOURCE_EXHAUSTED with RetryInfo >= 1s", err, retryDelay(err))
+	}
+	submit(t, c2, r, batch(10))
+
+	// Hold the one in-flight slot: a Submit waiting for an id another
+	// instance holds.
+	rc := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rc.Close()
+	held := batch(1)
+	if err := rc.Set(ctx, prefix+"id:{"+held.Visits[0].Id+"}", "pother|x", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c3 := withToken(t, ctx, is, "c3", auth.RoleCanvasser, nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.client.Submit(c3, held)
+		done <- err
+	}()
+	for r.svc.limits.inFlight.Load() == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("holding Submit returned early: %v", err)
+		case <-ctx.Done():
+			t.Fatal("holding Submit never started")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	c4 := withToken(t, ctx, is, "c4", auth.RoleCanvasser, nil)
+	_, err = r.client.Submit(c4, batch(1))
+	if status.Code(err) != codes.ResourceExhausted || retryDelay(err) <= 0 {
+		t.Errorf("Submit over the in-flight limit = %v, want RESOURCE_EXHAUSTED with RetryInfo", err)
+	}
+	rc.Del(ctx, prefix+"id:{"+held.Visits[0].Id+"}")
+	if err := <-done; err != nil {
+		t.Errorf("holding Submit: %v", err)
+	}
+}
