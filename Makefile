@@ -26,8 +26,13 @@ run: setup build ## Run the whole system on the embedded stack (chapper dev).
 	./bin/chapper dev
 
 .PHONY: test
-test: setup ## Run every test of every module against real stores.
+test: setup ## Run every test of every module against real stores, then the web client's Node and chromium suites.
 	@bash scripts/test.sh
+	@bash scripts/web.sh test
+
+.PHONY: web
+web: ## Type-check and bundle the web page (clients/web) into services/webapp/dist.
+	@bash scripts/web.sh build
 
 .PHONY: bench
 bench: setup ## Run the benchmarks; each figure is printed next to its raw baseline.
@@ -38,14 +43,15 @@ soak: setup ## Long run with faults injected (not implemented yet).
 	@bash scripts/soak.sh
 
 .PHONY: proto
-proto: ## Regenerate the Go code of proto/ (pinned generators).
+proto: ## Regenerate the Go code of proto/ and the TypeScript of clients/web/src/gen (pinned generators).
 	@mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VERSION)
 	cd proto && go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION) generate
+	BUF_VERSION=$(BUF_VERSION) bash scripts/web.sh gen
 
 .PHONY: lint
 lint: proto ## Regenerate (fail on a diff), then go vet, staticcheck and buf lint.
-	@git diff --exit-code -- proto || { echo "generated code in proto/ is stale: run make proto and commit"; exit 1; }
+	@git diff --exit-code -- proto clients/web/src/gen || { echo "generated code in proto/ or clients/web/src/gen is stale: run make proto and commit"; exit 1; }
 	cd proto && go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION) lint
 	@for m in $(MODULES); do echo "== $$m"; (cd $$m && go vet ./... && go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...) || exit 1; done

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that tests and dev mode need: redis-server,
 # redis-tools (redis-cli, which creates the tests' Redis Clusters), kcat,
-# Postgres 15 and its PL/Proxy extension. Quiet no-op when they are all
+# Postgres 15 and its PL/Proxy extension, and for the web client's suites
+# chromium (driven headless by playwright-core; no browser is downloaded)
+# and, when missing, Node and npm. Quiet no-op when they are all
 # present. Called by `make setup` (which `make run`, `make test` and
 # `make bench` depend on).
 #
@@ -21,6 +23,9 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 [[ -x "${PG_BIN}/postgres" && -x "${PG_BIN}/initdb" ]] || missing+=(postgresql-15)
 [[ -f "${PLPROXY_CONTROL}" ]] || missing+=(postgresql-15-plproxy)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if ((${#missing[@]} == 0)); then
   exit 0
@@ -46,10 +51,10 @@ fi
 
 # Check again: a package that installed but left a piece missing should stop
 # the build here, not as a puzzling test failure later.
-for f in "${PG_BIN}/postgres" "${PG_BIN}/initdb" "${PLPROXY_CONTROL}"; do
+for f in "${PG_BIN}/postgres" "${PG_BIN}/initdb" "${PLPROXY_CONTROL}" /usr/bin/chromium; do
   [[ -e "$f" ]] || { echo "setup: $f still missing after install" >&2; exit 1; }
 done
-for c in redis-server redis-cli kcat; do
+for c in redis-server redis-cli kcat node npm; do
   command -v "$c" >/dev/null 2>&1 || { echo "setup: $c still missing after install" >&2; exit 1; }
 done
 echo "setup: done" >&2

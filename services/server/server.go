@@ -368,12 +368,16 @@ func (s *Server) webHandler() http.Handler {
 	if s.cfg.MaxRecvBytes > 0 {
 		limit = int64(s.cfg.MaxRecvBytes)*4/3 + 64<<10
 	}
+	page := s.appHandler() // the web page at /app/ (app.go)
 	return s.cors.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if wrapped.IsGrpcWebRequest(r) {
 			if limit > 0 {
 				r.Body = http.MaxBytesReader(w, r.Body, limit)
 			}
 			wrapped.HandleGrpcWebRequest(w, r)
+			return
+		}
+		if serveApp(page, w, r) {
 			return
 		}
 		http.Error(w, "this port speaks gRPC and gRPC-web (POST application/grpc-web+proto)", http.StatusNotFound)
