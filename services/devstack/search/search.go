@@ -23,6 +23,75 @@ import (
 	index "github.com/blevesearch/bleve_index_api"
 )
 
+// handleSearch answers GET/POST /_search and /<index>/_search.
+func (s *Server) handleSearch(req *request) *esError {
+	sr, err := parseSearchRequest(req.obj, req.params)
+	if err != nil {
+		return err
+	}
+	e, done, err := s.runSearch(req, sr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	out, err := e.respond(time.Since(req.start))
+	if err != nil {
+		return err
+	}
+	req.ok(out)
+	return nil
+}
+
+// handleCount answers GET/POST /_count and /<index>/_count.
+func (s *Server) handleCount(req *request) *esError {
+	sr := &searchRequest{query: qMatchAll{boost: 1}, sort: []*sortSpec{{field: "_doc"}}, trackTotal: -1}
+	for k, v := range req.obj {
+		if k != "query" {
+			return parsingError("request does not support [%s]", k)
+		}
+		var err *esError
+		if sr.query, err = parseQuery(v); err != nil {
+			return err
+		}
+	}
+	e, done, err := s.runSearch(req, sr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	var total int64
+	for _, run := range e.runs {
+		total += run.total
+	}
+	n := len(e.indices)
+	req.ok(obj{{"count", total}, {"_shards", obj{{"total", n}, {"successful", n}, {"skipped", 0}, {"failed", 0}}}})
+	return nil
+}
+
+// runSearch resolves the request's index expression, holds its indices
+// open and executes sr over them, for _search and _count alike. The
+// caller calls done once it has read the results.
+func (s *Server) runSearch(req *request, sr *searchRequest) (e *searchExec, done func(), err *esError) {
+	list, release, err := s.open(req.arg("index"), req.resolveOpts())
+	if err != nil {
+		return nil, nil, err
+	}
+	e = &searchExec{s: s, req: sr, indices: list, now: time.Now()}
+	done = func() {
+		e.close()
+		release()
+	}
+	if err := e.prepare(); err != nil {
+		done()
+		return nil, nil, err
+	}
+	if err := e.execute(req.ctx); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return e, done, nil
+}
+
 // sortClass says how a sort key is compared.
 type sortClass uint8
 
@@ -140,13 +209,13 @@ type searchRequest struct {
 }
 
 // searchParams are the URL parameters _search accepts.
-var searchParams = set("from", "size", "sort", "track_total_hits", "_source", "_source_includes", "_source_excludes",
+var searchParams = []string{"from", "size", "sort", "track_total_hits", "_source", "_source_includes", "_source_excludes",
 	"timeout", "ignore_unavailable", "allow_no_indices", "expand_wildcards", "rest_total_hits_as_int", "typed_keys",
 	"search_type", "request_cache", "preference", "batched_reduce_size", "ccs_minimize_roundtrips",
 	"pre_filter_shard_size", "max_concurrent_shard_requests", "allow_partial_search_results", "track_scores",
 	"ignore_throttled", "q", "routing", "scroll", "version", "seq_no_primary_term", "stored_fields", "docvalue_fields",
 	"explain", "terminate_after", "stats", "suggest_field", "analyzer", "default_operator", "df", "lenient",
-	"analyze_wildcard", "include_named_queries_score", "force_synthetic_source")
+	"analyze_wildcard", "include_named_queries_score", "force_synthetic_source"}
 
 func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest, *esError) {
 	req := &searchRequest{query: qMatchAll{boost: 1}, size: 10, trackTotal: 10000}

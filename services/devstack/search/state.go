@@ -790,6 +790,20 @@ func (s *Server) writeIndex(name string, autoCreate bool) (*esIndex, *esError) {
 
 // acquire read-locks the indices for the duration of a request; release
 // undoes it. An index deleted in between is reported missing.
+// open resolves expr and holds its indices open (acquire) until the
+// returned release is called.
+func (s *Server) open(expr string, o resolveOpts) ([]*esIndex, func(), *esError) {
+	list, err := s.resolve(expr, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, err := acquire(list)
+	if err != nil {
+		return nil, nil, err
+	}
+	return list, release, nil
+}
+
 func acquire(list []*esIndex) (func(), *esError) {
 	for i, ix := range list {
 		ix.life.RLock()
