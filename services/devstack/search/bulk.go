@@ -15,6 +15,10 @@ type writeOp struct {
 	requireAlias bool
 	source       []byte
 	doc          map[string]any
+	cas          casCheck // version / if_seq_no conditions
+	hasEmptyID   bool     // "_id": "" (refused per item)
+
+	forcedRefresh bool // refresh=true: rendered as forced_refresh
 
 	ix  *esIndex
 	err *esError // set when the op failed
@@ -43,21 +47,35 @@ func (op *writeOp) item() obj {
 		o = append(o, kv{"status", op.err.status}, kv{"error", errObj})
 		return o
 	}
-	o = append(o, kv{"_version", op.version}, kv{"result", op.result}, kv{"_shards", shardsInfo},
+	o = append(o, kv{"_version", op.version}, kv{"result", op.result})
+	if op.forcedRefresh {
+		o = append(o, kv{"forced_refresh", true})
+	}
+	o = append(o, kv{"_shards", shardsInfo},
 		kv{"_seq_no", op.seqNo}, kv{"_primary_term", 1}, kv{"status", op.status})
 	return o
 }
 
 // handleBulk answers POST /_bulk and /<index>/_bulk.
 func (s *Server) handleBulk(req *request) *esError {
+	refresh, err := req.refreshParam()
+	if err != nil {
+		return err
+	}
 	ops, err := parseBulk(req.body, req.arg("index"))
 	if err != nil {
 		return err
 	}
-	if req.boolParam("require_alias") {
-		for _, op := range ops {
+	var invalid []string
+	for _, op := range ops {
+		if req.boolParam("require_alias") {
 			op.requireAlias = true
 		}
+		op.forcedRefresh = refresh
+		invalid = append(invalid, op.cas.validate(op.action)...)
+	}
+	if err := validationFailed(invalid); err != nil {
+		return err
 	}
 	s.execWrites(ops)
 	req.ok(bulkResponse(ops, time.Since(req.start)))
@@ -81,7 +99,7 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 		if err := dec.Decode(&action); err != nil || len(action) != 1 {
 			return nil, badRequest("Malformed action/metadata line [%d], expected START_OBJECT with one action", i+1)
 		}
-		op := &writeOp{indexName: defaultIndex}
+		op := &writeOp{indexName: defaultIndex, cas: noCAS}
 		var meta map[string]any
 		for a, m := range action {
 			op.action, meta = a, m
@@ -103,15 +121,31 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 				switch id := v.(type) {
 				case string:
 					op.id = id
+					op.hasEmptyID = id == ""
 				case json.Number:
 					op.id = string(id)
+				case nil:
 				default:
 					return nil, badRequest("Malformed action/metadata line [%d], [_id] must be a string", i+1)
 				}
 			case "require_alias":
 				b, _ := asBool(v)
 				op.requireAlias = b
-			case "routing", "pipeline", "version", "version_type", "if_seq_no", "if_primary_term", "dynamic_templates", "retry_on_conflict", "_source", "list_executed_pipelines", "require_data_stream":
+			case "op_type":
+				switch v {
+				case "create":
+					if op.action == "index" {
+						op.action = "create"
+					}
+				case "index":
+				default:
+					return nil, badRequest("opType must be 'create' or 'index', found: [%v]", v)
+				}
+			case "version", "version_type", "if_seq_no", "if_primary_term":
+				if err := op.cas.set(k, v); err != nil {
+					return nil, err
+				}
+			case "routing", "pipeline", "dynamic_templates", "retry_on_conflict", "_source", "list_executed_pipelines", "require_data_stream":
 				if v == nil {
 					continue
 				}
@@ -135,6 +169,9 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 		}
 		if op.action == "update" && op.err == nil {
 			op.err = unsupported("illegal_argument_exception", "bulk action [update]", "index", "create", "delete")
+		}
+		if op.hasEmptyID && op.action != "delete" && op.err == nil {
+			op.err = badRequest("if _id is specified it must not be empty")
 		}
 		if op.action == "delete" && op.id == "" {
 			return nil, newError(http.StatusBadRequest, "action_request_validation_exception", "Validation Failed: 1: id is missing;")

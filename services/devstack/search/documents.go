@@ -3,6 +3,7 @@ package search
 import (
 	"bytes"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -14,6 +15,9 @@ func (s *Server) handleIndexDoc(req *request) *esError {
 		action = "create"
 	}
 	op := &writeOp{action: action, indexName: req.arg("index"), id: req.arg("id"), requireAlias: req.boolParam("require_alias")}
+	if v := req.params.Get("op_type"); v != "" && v != "create" && v != "index" {
+		return badRequest("opType must be 'create' or 'index', found: [%s]", v)
+	}
 	op.source = bytes.TrimSpace(req.body)
 	if len(op.source) == 0 {
 		return newError(http.StatusBadRequest, "action_request_validation_exception", "Validation Failed: 1: source is missing;")
@@ -29,6 +33,17 @@ func (s *Server) handleDeleteDoc(req *request) *esError {
 
 // writeOne runs a single-document write and answers with its outcome.
 func (s *Server) writeOne(req *request, op *writeOp) *esError {
+	var err *esError
+	if op.forcedRefresh, err = req.refreshParam(); err != nil {
+		return err
+	}
+	op.cas = noCAS
+	if err := op.cas.fromParams(req); err != nil {
+		return err
+	}
+	if err := validationFailed(op.cas.validate(op.action)); err != nil {
+		return err
+	}
 	s.execWrites([]*writeOp{op})
 	if op.err != nil {
 		if op.ix != nil && op.err.status == http.StatusConflict {
@@ -96,6 +111,18 @@ func (s *Server) handleGetDoc(req *request) *esError {
 			seq = beUint64(f.Value())
 		}
 	})
+	if v := req.params.Get("version"); v != "" {
+		want, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil {
+			return badRequest("Failed to parse value [%s] of [version] as a number", v)
+		}
+		if uint64(want) != version {
+			e := newError(http.StatusConflict, "version_conflict_engine_exception",
+				"[%s]: version conflict, current version [%d] is different than the one provided [%d]", id, version, want)
+			e.extra = obj{{"index_uuid", ix.uuid}, {"shard", "0"}, {"index", ix.name}}
+			return e
+		}
+	}
 	sf := sourceFilter{}
 	if v, ok := req.params["_source"]; ok {
 		switch v[0] {

@@ -253,6 +253,23 @@ func (req *request) boolParam(name string) bool {
 	return v[0] == "" || v[0] == "true"
 }
 
+// refreshParam reads ?refresh: true ("" or "true") forces a refresh,
+// which the response reports as forced_refresh; false and wait_for do not
+// (every write is searchable once acknowledged either way).
+func (req *request) refreshParam() (bool, *esError) {
+	v, ok := req.params["refresh"]
+	if !ok {
+		return false, nil
+	}
+	switch v[0] {
+	case "", "true":
+		return true, nil
+	case "false", "wait_for":
+		return false, nil
+	}
+	return false, badRequest("Unknown value for refresh: [%s].", v[0])
+}
+
 func (req *request) resolveOpts() resolveOpts {
 	o := resolveOpts{allowNoIndices: true}
 	if v := req.params.Get("ignore_unavailable"); v == "true" {

@@ -86,8 +86,8 @@ var routes = []*endpoint{
 var writeParams = []string{"refresh", "timeout", "wait_for_active_shards", "require_alias", "op_type", "require_data_stream", "list_executed_pipelines", "master_timeout"}
 
 var (
-	docWriteParams  = writeParams
-	docWriteRefused = []string{"if_seq_no", "if_primary_term", "version", "version_type", "routing", "pipeline"}
+	docWriteParams  = with(writeParams, "if_seq_no", "if_primary_term", "version", "version_type")
+	docWriteRefused = []string{"routing", "pipeline"}
 	docGetParams    = []string{"_source", "_source_includes", "_source_excludes", "realtime", "refresh", "preference", "version", "version_type"}
 )
 

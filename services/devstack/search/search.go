@@ -110,8 +110,9 @@ type sortSpec struct {
 	mode         string // "", "min", "max"
 	unmappedType string
 
-	class sortClass
-	kind  valueKind
+	class   sortClass
+	kind    valueKind
+	intSort bool // integer, short or byte: Lucene sorts them as int
 }
 
 // sortVal is one sort key of a hit.
@@ -159,13 +160,18 @@ func (sp *sortSpec) missingNumber() int64 {
 	if sp.missingFirst {
 		high = !high
 	}
-	if sp.kind == kindDouble {
-		if high {
-			return sortableFloat(math.MaxFloat64)
-		}
-		return sortableFloat(-math.MaxFloat64)
-	}
-	if high {
+	// Elasticsearch's missing values are those of the Lucene sort type:
+	// int for integer, short and byte; float/double infinities; else long
+	switch {
+	case sp.kind == kindDouble && high:
+		return sortableFloat(math.Inf(1))
+	case sp.kind == kindDouble:
+		return sortableFloat(math.Inf(-1))
+	case sp.intSort && high:
+		return math.MaxInt32
+	case sp.intSort:
+		return math.MinInt32
+	case high:
 		return math.MaxInt64
 	}
 	return math.MinInt64
@@ -184,7 +190,15 @@ func (sp *sortSpec) render(v *sortVal) any {
 		return v.s
 	}
 	if sp.kind == kindDouble {
-		return floatFromSortable(v.n)
+		f := floatFromSortable(v.n)
+		if math.IsInf(f, 0) {
+			// Elasticsearch's JSON writes non-finite numbers as strings
+			if f > 0 {
+				return "Infinity"
+			}
+			return "-Infinity"
+		}
+		return f
 	}
 	return v.n
 }
@@ -219,6 +233,8 @@ var searchParams = []string{"from", "size", "sort", "track_total_hits", "_source
 
 func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest, *esError) {
 	req := &searchRequest{query: qMatchAll{boost: 1}, size: 10, trackTotal: 10000}
+	trackTotalSet := false
+	trackTotalZero := false // track_total_hits: 0, which is not "disabled"
 	for k, v := range body {
 		var err *esError
 		switch k {
@@ -247,6 +263,10 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 			req.searchAfter = l
 		case "track_total_hits":
 			req.trackTotal, err = parseTrackTotal(v)
+			trackTotalSet = true
+			if n, ok := asInt(v); ok && n == 0 {
+				trackTotalZero = true
+			}
 		case "aggs", "aggregations":
 			req.aggs, err = parseAggs(v, 0)
 		case "_source":
@@ -300,9 +320,11 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 		case "track_total_hits":
 			if n, perr := strconv.Atoi(v); perr == nil {
 				req.trackTotal, err = parseTrackTotal(json.Number(strconv.Itoa(n)))
+				trackTotalZero = n == 0
 			} else {
 				req.trackTotal, err = parseTrackTotal(v == "true" || v == "")
 			}
+			trackTotalSet = true
 		case "_source":
 			switch v {
 			case "true", "":
@@ -317,9 +339,6 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 			req.source.excludes = strings.Split(v, ",")
 		case "rest_total_hits_as_int":
 			req.totalAsInt = v == "true" || v == ""
-			if req.totalAsInt {
-				req.trackTotal = -1
-			}
 		case "track_scores":
 			req.trackScores = v == "true" || v == ""
 		case "typed_keys":
@@ -336,6 +355,16 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 		}
 		if err != nil {
 			return nil, err
+		}
+	}
+	if req.totalAsInt {
+		switch {
+		case !trackTotalSet:
+			req.trackTotal = -1
+		case req.trackTotal != -1 && req.trackTotal != 0:
+			return nil, badRequest("[rest_total_hits_as_int] cannot be used if the tracking of total hits is not accurate, got %d", req.trackTotal)
+		case req.trackTotal == 0 && trackTotalZero:
+			return nil, badRequest("[rest_total_hits_as_int] cannot be used if the tracking of total hits is not accurate, got 0")
 		}
 	}
 	if len(req.sort) == 0 {
@@ -363,10 +392,16 @@ func parseTrackTotal(v any) (int64, *esError) {
 		return 0, nil
 	}
 	n, ok := asInt(v)
-	if !ok || n < -1 {
-		return 0, badRequest("[track_total_hits] must be a boolean or a non-negative integer")
+	if !ok {
+		return 0, badRequest("[track_total_hits] must be a boolean or an integer, got [%v]", v)
 	}
-	if n == -1 {
+	if n < -1 {
+		return 0, badRequest("[track_total_hits] parameter must be positive or equals to -1, got %d", n)
+	}
+	switch n {
+	case -1: // Elasticsearch's TRACK_TOTAL_HITS_DISABLED
+		return 0, nil
+	case math.MaxInt32: // TRACK_TOTAL_HITS_ACCURATE
 		return -1, nil
 	}
 	return int64(n), nil
@@ -745,6 +780,7 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 			return badRequest("the field [%s] has different types in the searched indices; cannot sort on it", sp.field)
 		}
 		sp.kind = k
+		sp.intSort = isIntType(f.Type)
 	}
 	if sp.kind == kindNone {
 		if sp.unmappedType == "" && len(mappings) == 0 {
@@ -757,6 +793,7 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 		}
 		f := &fieldMapping{Type: sp.unmappedType}
 		sp.kind = f.kind()
+		sp.intSort = isIntType(f.Type)
 		if sp.kind == kindNone {
 			return unsupported("illegal_argument_exception", "sort unmapped_type ["+sp.unmappedType+"]")
 		}
@@ -768,6 +805,8 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 	}
 	return nil
 }
+
+func isIntType(t string) bool { return t == typeInteger || t == typeShort || t == typeByte }
 
 func parseAfterValue(sp *sortSpec, v any) (sortVal, *esError) {
 	bad := func() (sortVal, *esError) {

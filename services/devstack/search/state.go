@@ -705,6 +705,9 @@ func (s *Server) resolve(expr string, o resolveOpts) ([]*esIndex, *esError) {
 		}
 		if o.noAliases && !strings.Contains(part, "*") {
 			if _, isIndex := s.indices[part]; !isIndex {
+				if o.ignoreUnavailable {
+					continue
+				}
 				return nil, badRequest("The provided expression [%s] matches an alias, specify the corresponding concrete indices instead.", part)
 			}
 		}

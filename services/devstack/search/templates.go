@@ -49,6 +49,13 @@ func (s *Server) handleGetTemplate(req *request) *esError {
 		if p, ok := body["index_patterns"].(string); ok {
 			body["index_patterns"] = strings.Split(p, ",")
 		}
+		// settings come back as Elasticsearch normalises them: under
+		// "index", values as strings
+		if tm, ok := body["template"].(map[string]any); ok {
+			if _, has := tm["settings"]; has {
+				tm["settings"] = renderSettings(s.templates[n].settings, req.boolParam("flat_settings"))
+			}
+		}
 		list = append(list, obj{{"name", n}, {"index_template", body}})
 	}
 	s.mu.RUnlock()

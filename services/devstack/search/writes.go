@@ -119,22 +119,47 @@ func (s *Server) applyGroup(ix *esIndex, ops []*writeOp) {
 		return
 	}
 
+	var seqs map[string]uint64
+	for _, op := range ops {
+		if op.cas.usesSeqNo() {
+			if seqs, err = existingSeqs(ix.ii, ids); err != nil {
+				s.log.Error("looking up sequence numbers", "index", ix.name, "err", err)
+				failAll(newError(http.StatusInternalServerError, "exception", "looking up sequence numbers: %v", err))
+				return
+			}
+			break
+		}
+	}
+
 	base := ix.mapping.Load()
 	m := base
 	batch := index.NewBatch()
 	seq := ix.nextSeq
 	for _, op := range ops {
 		prev := versions[op.id]
+		if e := op.cas.conflict(op.id, prev, seqs[op.id]); e != nil {
+			op.err = e
+			continue
+		}
 		switch op.action {
 		case "delete":
 			if prev == 0 {
 				op.result, op.status, op.version = "not_found", http.StatusNotFound, 1
+				if op.cas.external() {
+					op.version = uint64(op.cas.version)
+				}
 			} else {
 				op.result, op.status, op.version = "deleted", http.StatusOK, prev+1
+				if op.cas.external() {
+					op.version = uint64(op.cas.version)
+				}
 				versions[op.id] = 0
 				batch.Delete(op.id)
 			}
 			op.seqNo = seq
+			if seqs != nil {
+				seqs[op.id] = seq
+			}
 			seq++
 			continue
 		case "create":
@@ -145,6 +170,9 @@ func (s *Server) applyGroup(ix *esIndex, ops []*writeOp) {
 			}
 		}
 		version := prev + 1
+		if op.cas.external() {
+			version = uint64(op.cas.version)
+		}
 		cand := m
 		var built bool
 		for attempt := 0; attempt < 1000; attempt++ {
@@ -170,6 +198,9 @@ func (s *Server) applyGroup(ix *esIndex, ops []*writeOp) {
 		m = cand
 		versions[op.id] = version
 		op.version, op.seqNo = version, seq
+		if seqs != nil {
+			seqs[op.id] = seq
+		}
 		seq++
 		if prev == 0 {
 			op.result, op.status = "created", http.StatusCreated
@@ -220,6 +251,32 @@ func (s *Server) applyGroup(ix *esIndex, ops []*writeOp) {
 	}
 	metricBatchSeconds.Observe(time.Since(start).Seconds())
 	metricDocs.Add(float64(len(batch.IndexOps)))
+}
+
+// existingSeqs returns the current _seq_no of each id that exists, read
+// from the stored documents (only writes with if_seq_no need it).
+func existingSeqs(ii index.Index, ids []string) (map[string]uint64, error) {
+	r, err := ii.Reader()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	out := make(map[string]uint64, len(ids))
+	for _, id := range ids {
+		doc, err := r.Document(id)
+		if err != nil {
+			return nil, err
+		}
+		if doc == nil {
+			continue
+		}
+		doc.VisitFields(func(f indexField) {
+			if f.Name() == fieldSeqNo {
+				out[id] = beUint64(f.Value())
+			}
+		})
+	}
+	return out, nil
 }
 
 // existingVersions returns the current _version of each id that exists.
