@@ -2,14 +2,9 @@ package search
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"net/http"
-	"sync"
 	"time"
-
-	index "github.com/blevesearch/bleve_index_api"
 )
 
 // writeOp is one action of a bulk request (or a single-document request).
@@ -20,6 +15,10 @@ type writeOp struct {
 	requireAlias bool
 	source       []byte
 	doc          map[string]any
+	cas          casCheck // version / if_seq_no conditions
+	hasEmptyID   bool     // "_id": "" (refused per item)
+
+	forcedRefresh bool // refresh=true: rendered as forced_refresh
 
 	ix  *esIndex
 	err *esError // set when the op failed
@@ -48,9 +47,39 @@ func (op *writeOp) item() obj {
 		o = append(o, kv{"status", op.err.status}, kv{"error", errObj})
 		return o
 	}
-	o = append(o, kv{"_version", op.version}, kv{"result", op.result}, kv{"_shards", shardsInfo},
+	o = append(o, kv{"_version", op.version}, kv{"result", op.result})
+	if op.forcedRefresh {
+		o = append(o, kv{"forced_refresh", true})
+	}
+	o = append(o, kv{"_shards", shardsInfo},
 		kv{"_seq_no", op.seqNo}, kv{"_primary_term", 1}, kv{"status", op.status})
 	return o
+}
+
+// handleBulk answers POST /_bulk and /<index>/_bulk.
+func (s *Server) handleBulk(req *request) *esError {
+	refresh, err := req.refreshParam()
+	if err != nil {
+		return err
+	}
+	ops, err := parseBulk(req.body, req.arg("index"))
+	if err != nil {
+		return err
+	}
+	var invalid []string
+	for _, op := range ops {
+		if req.boolParam("require_alias") {
+			op.requireAlias = true
+		}
+		op.forcedRefresh = refresh
+		invalid = append(invalid, op.cas.validate(op.action)...)
+	}
+	if err := validationFailed(invalid); err != nil {
+		return err
+	}
+	s.execWrites(ops)
+	req.ok(bulkResponse(ops, time.Since(req.start)))
+	return nil
 }
 
 // parseBulk splits an NDJSON bulk body into ops. defaultIndex is the index
@@ -70,7 +99,7 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 		if err := dec.Decode(&action); err != nil || len(action) != 1 {
 			return nil, badRequest("Malformed action/metadata line [%d], expected START_OBJECT with one action", i+1)
 		}
-		op := &writeOp{indexName: defaultIndex}
+		op := &writeOp{indexName: defaultIndex, cas: noCAS}
 		var meta map[string]any
 		for a, m := range action {
 			op.action, meta = a, m
@@ -92,15 +121,31 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 				switch id := v.(type) {
 				case string:
 					op.id = id
+					op.hasEmptyID = id == ""
 				case json.Number:
 					op.id = string(id)
+				case nil:
 				default:
 					return nil, badRequest("Malformed action/metadata line [%d], [_id] must be a string", i+1)
 				}
 			case "require_alias":
 				b, _ := asBool(v)
 				op.requireAlias = b
-			case "routing", "pipeline", "version", "version_type", "if_seq_no", "if_primary_term", "dynamic_templates", "retry_on_conflict", "_source", "list_executed_pipelines", "require_data_stream":
+			case "op_type":
+				switch v {
+				case "create":
+					if op.action == "index" {
+						op.action = "create"
+					}
+				case "index":
+				default:
+					return nil, badRequest("opType must be 'create' or 'index', found: [%v]", v)
+				}
+			case "version", "version_type", "if_seq_no", "if_primary_term":
+				if err := op.cas.set(k, v); err != nil {
+					return nil, err
+				}
+			case "routing", "pipeline", "dynamic_templates", "retry_on_conflict", "_source", "list_executed_pipelines", "require_data_stream":
 				if v == nil {
 					continue
 				}
@@ -125,6 +170,9 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 		if op.action == "update" && op.err == nil {
 			op.err = unsupported("illegal_argument_exception", "bulk action [update]", "index", "create", "delete")
 		}
+		if op.hasEmptyID && op.action != "delete" && op.err == nil {
+			op.err = badRequest("if _id is specified it must not be empty")
+		}
 		if op.action == "delete" && op.id == "" {
 			return nil, newError(http.StatusBadRequest, "action_request_validation_exception", "Validation Failed: 1: id is missing;")
 		}
@@ -134,260 +182,6 @@ func parseBulk(body []byte, defaultIndex string) ([]*writeOp, *esError) {
 		return nil, newError(http.StatusBadRequest, "action_request_validation_exception", "Validation Failed: 1: no requests added;")
 	}
 	return ops, nil
-}
-
-// execWrites performs ops (already parsed) and fills in their outcomes.
-// Ops on different indices run concurrently; ops on one index apply in
-// request order as one bleve batch.
-func (s *Server) execWrites(ops []*writeOp) {
-	targets := map[string]*esIndex{}
-	targetErr := map[string]*esError{}
-	groups := map[*esIndex][]*writeOp{}
-	var order []*esIndex
-	for _, op := range ops {
-		if op.err != nil {
-			continue
-		}
-		if op.id == "" {
-			op.id = newDocID()
-		}
-		if len(op.id) > 512 {
-			op.err = newError(http.StatusBadRequest, "illegal_argument_exception", "id [%s] is too long, must be no longer than 512 bytes but was: %d", op.id, len(op.id))
-			continue
-		}
-		if op.requireAlias && !s.isAlias(op.indexName) {
-			op.err = indexNotFound(op.indexName)
-			op.err.reason = fmt.Sprintf("no such index [%s] and [require_alias] request flag is [true] and [%s] is not an alias", op.indexName, op.indexName)
-			continue
-		}
-		ix, ok := targets[op.indexName]
-		if !ok {
-			if e, failed := targetErr[op.indexName+"\x00"+op.action]; failed {
-				op.err = e
-				continue
-			}
-			var err *esError
-			ix, err = s.writeIndex(op.indexName, op.action != "delete")
-			if err != nil {
-				targetErr[op.indexName+"\x00"+op.action] = err
-				op.err = err
-				continue
-			}
-			targets[op.indexName] = ix
-		}
-		op.ix = ix
-		if op.action != "delete" {
-			doc, err := decodeObject(op.source)
-			if err != nil {
-				op.err = newError(http.StatusBadRequest, "document_parsing_exception", "failed to parse: %s", err.reason)
-				continue
-			}
-			op.doc = doc
-		}
-		if _, seen := groups[ix]; !seen {
-			order = append(order, ix)
-		}
-		groups[ix] = append(groups[ix], op)
-	}
-	var wg sync.WaitGroup
-	for _, ix := range order {
-		wg.Add(1)
-		go func(ix *esIndex, ops []*writeOp) {
-			defer wg.Done()
-			s.applyGroup(ix, ops)
-		}(ix, groups[ix])
-	}
-	wg.Wait()
-}
-
-func (s *Server) isAlias(name string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.aliasExists(name)
-}
-
-// applyGroup applies the ops of one index as one batch.
-func (s *Server) applyGroup(ix *esIndex, ops []*writeOp) {
-	failAll := func(e *esError) {
-		for _, op := range ops {
-			if op.err == nil {
-				op.err = e
-			}
-		}
-	}
-	ix.life.RLock()
-	defer ix.life.RUnlock()
-	if ix.closed {
-		failAll(indexNotFound(ix.name))
-		return
-	}
-	ids := make([]string, 0, len(ops))
-	for _, op := range ops {
-		ids = append(ids, op.id)
-	}
-	// Batches run concurrently unless they share an id: a batch waits for
-	// in-flight batches holding any of its ids, so outcomes and versions
-	// are decided on the final state of earlier writes, in order.
-	ix.wmu.Lock()
-	for ix.pendingAny(ids) {
-		ix.wcond.Wait()
-	}
-	unlocked := false
-	defer func() {
-		if !unlocked {
-			ix.wmu.Unlock()
-		}
-	}()
-	versions, err := existingVersions(ix.ii, ids)
-	if err != nil {
-		s.log.Error("looking up existing documents", "index", ix.name, "err", err)
-		failAll(newError(http.StatusInternalServerError, "exception", "looking up existing documents: %v", err))
-		return
-	}
-
-	base := ix.mapping.Load()
-	m := base
-	batch := index.NewBatch()
-	seq := ix.nextSeq
-	for _, op := range ops {
-		prev := versions[op.id]
-		switch op.action {
-		case "delete":
-			if prev == 0 {
-				op.result, op.status, op.version = "not_found", http.StatusNotFound, 1
-			} else {
-				op.result, op.status, op.version = "deleted", http.StatusOK, prev+1
-				versions[op.id] = 0
-				batch.Delete(op.id)
-			}
-			op.seqNo = seq
-			seq++
-			continue
-		case "create":
-			if prev != 0 {
-				op.err = newError(http.StatusConflict, "version_conflict_engine_exception",
-					"[%s]: version conflict, document already exists (current version [%d])", op.id, prev)
-				continue
-			}
-		}
-		version := prev + 1
-		cand := m
-		var built bool
-		for attempt := 0; attempt < 1000; attempt++ {
-			doc, add, derr := buildDocument(cand, op.id, op.doc, op.source, version, seq)
-			if derr != nil {
-				op.err = derr
-				break
-			}
-			if add != nil {
-				cand = cand.withAddition(add)
-				continue
-			}
-			batch.Update(doc)
-			built = true
-			break
-		}
-		if !built {
-			if op.err == nil {
-				op.err = badRequest("too many dynamic fields in document [%s]", op.id)
-			}
-			continue
-		}
-		m = cand
-		versions[op.id] = version
-		op.version, op.seqNo = version, seq
-		seq++
-		if prev == 0 {
-			op.result, op.status = "created", http.StatusCreated
-		} else {
-			op.result, op.status = "updated", http.StatusOK
-		}
-	}
-	if seq == ix.nextSeq {
-		return
-	}
-	if m != base {
-		ix.mapping.Store(m)
-		if err := s.persist(); err != nil {
-			s.log.Error("saving search state after a dynamic mapping update", "index", ix.name, "err", err)
-			ix.mapping.Store(base)
-			failAll(newError(http.StatusInternalServerError, "exception", "saving mapping: %v", err))
-			return
-		}
-	}
-	seqBytes := make([]byte, 8)
-	binary.BigEndian.PutUint64(seqBytes, seq)
-	batch.SetInternal(seqKey, seqBytes)
-	ix.nextSeq = seq
-	for _, id := range ids {
-		ix.pending[id] = struct{}{}
-	}
-	ix.wmu.Unlock()
-	unlocked = true
-
-	start := time.Now()
-	err = ix.ii.Batch(batch)
-
-	ix.wmu.Lock()
-	for _, id := range ids {
-		delete(ix.pending, id)
-	}
-	ix.wcond.Broadcast()
-	ix.wmu.Unlock()
-	if err != nil {
-		s.log.Error("writing batch", "index", ix.name, "err", err)
-		e := newError(http.StatusInternalServerError, "exception", "writing batch: %v", err)
-		for _, op := range ops {
-			if op.err == nil {
-				op.err = e
-			}
-		}
-		return
-	}
-	metricBatchSeconds.Observe(time.Since(start).Seconds())
-	metricDocs.Add(float64(len(batch.IndexOps)))
-}
-
-// existingVersions returns the current _version of each id that exists.
-func existingVersions(ii index.Index, ids []string) (map[string]uint64, error) {
-	out := make(map[string]uint64, len(ids))
-	r, err := ii.Reader()
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	dr, err := r.DocIDReaderOnly(ids)
-	if err != nil {
-		return nil, err
-	}
-	dvr, err := r.DocValueReader([]string{fieldVersion})
-	if err != nil {
-		return nil, err
-	}
-	for {
-		iid, err := dr.Next()
-		if err != nil {
-			return nil, err
-		}
-		if iid == nil {
-			break
-		}
-		ext, err := r.ExternalID(iid)
-		if err != nil {
-			return nil, err
-		}
-		var ver uint64 = 1
-		err = dvr.VisitDocValues(iid, func(_ string, term []byte) {
-			if len(term) >= dvLen {
-				ver = uint64(decodeDV(term))
-			}
-		})
-		if err != nil {
-			return nil, err
-		}
-		out[ext] = ver
-	}
-	return out, nil
 }
 
 // bulkResponse renders the response of a bulk request.

@@ -23,17 +23,22 @@ const (
 	typeBoolean  = "boolean"
 	typeGeoPoint = "geo_point"
 	typeObject   = "object"
+	// half_float values are rounded to IEEE 754 binary16, as
+	// Elasticsearch indexes them; binary values are stored base64 in
+	// _source only, not searchable
+	typeHalfFloat = "half_float"
+	typeBinary    = "binary"
 )
 
 var supportedTypes = []string{typeKeyword, typeText, typeLong, typeInteger, typeShort, typeByte,
-	typeDouble, typeFloat, typeDate, typeBoolean, typeGeoPoint, typeObject}
+	typeDouble, typeFloat, typeHalfFloat, typeDate, typeBoolean, typeGeoPoint, typeBinary, typeObject}
 
 // esOnlyTypes are field types Elasticsearch has and this server does not.
 var esOnlyTypes = map[string]bool{
-	"nested": true, "flattened": true, "ip": true, "half_float": true, "scaled_float": true,
+	"nested": true, "flattened": true, "ip": true, "scaled_float": true,
 	"unsigned_long": true, "date_nanos": true, "wildcard": true, "constant_keyword": true,
 	"match_only_text": true, "search_as_you_type": true, "alias": true, "dense_vector": true,
-	"sparse_vector": true, "geo_shape": true, "shape": true, "point": true, "binary": true,
+	"sparse_vector": true, "geo_shape": true, "shape": true, "point": true,
 	"integer_range": true, "float_range": true, "long_range": true, "double_range": true,
 	"date_range": true, "ip_range": true, "completion": true, "token_count": true,
 	"percolator": true, "join": true, "rank_feature": true, "rank_features": true,
@@ -68,6 +73,11 @@ func (f *fieldMapping) isObject() bool { return f.Type == typeObject }
 func (f *fieldMapping) indexed() bool  { return f.Index == nil || *f.Index }
 func (f *fieldMapping) enabled() bool  { return f.Enabled == nil || *f.Enabled }
 func (f *fieldMapping) hasDocValues() bool {
+	if f.Type == typeBinary {
+		// binary doc values (off by default) are not implemented: the
+		// mapping refuses doc_values: true
+		return false
+	}
 	return f.DocValues == nil || *f.DocValues
 }
 
@@ -89,7 +99,7 @@ func (f *fieldMapping) kind() valueKind {
 		return kindString
 	case typeLong, typeInteger, typeShort, typeByte:
 		return kindLong
-	case typeDouble, typeFloat:
+	case typeDouble, typeFloat, typeHalfFloat:
 		return kindDouble
 	case typeDate:
 		return kindDate
@@ -286,6 +296,7 @@ var allowedParams = map[string]map[string]bool{
 	typeBoolean:  set("index", "doc_values", "null_value", "fields", "store", "meta"),
 	typeGeoPoint: set("index", "doc_values", "ignore_malformed", "ignore_z_value", "store", "meta"),
 	typeObject:   set("properties", "dynamic", "enabled"),
+	typeBinary:   set("doc_values", "store", "meta"),
 }
 
 func set(xs ...string) map[string]bool {
@@ -298,7 +309,7 @@ func set(xs ...string) map[string]bool {
 
 func paramsFor(typ string) map[string]bool {
 	switch typ {
-	case typeInteger, typeShort, typeByte, typeDouble, typeFloat:
+	case typeInteger, typeShort, typeByte, typeDouble, typeFloat, typeHalfFloat:
 		return allowedParams[typeLong]
 	}
 	return allowedParams[typ]
@@ -352,6 +363,9 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 			b, ok := asBool(pv)
 			if !ok {
 				return nil, mappingError("Failed to parse value [%v] as only [true] or [false] are allowed for [%s] on [%s]", pv, k, path)
+			}
+			if f.Type == typeBinary && b {
+				return nil, unsupported("mapper_parsing_exception", "[doc_values: true] on binary field ["+path+"]")
 			}
 			if k == "index" {
 				f.Index = &b

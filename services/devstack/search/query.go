@@ -817,6 +817,9 @@ func (c *compileCtx) compileTerms(field string, values []any, boost float64) (qu
 		return q, nil
 	}
 	f := c.m.field(field)
+	if f != nil && f.Type == typeBinary {
+		return nil, queryError("Binary fields do not support searching")
+	}
 	if f == nil || f.isObject() {
 		return matchNone(), nil
 	}
@@ -897,15 +900,18 @@ func (c *compileCtx) numericTerm(f *fieldMapping, field string, v any) (int64, b
 			return 0, false, queryError("failed to create query: %v", err)
 		}
 		return ms, true, nil
-	case typeDouble, typeFloat:
+	case typeDouble, typeFloat, typeHalfFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
 			return 0, false, queryError("failed to create query: For input string: \"%v\"", v)
 		}
-		if f.Type == typeFloat {
-			if float64(float32(fv)) != fv {
-				return 0, false, nil
-			}
+		// Elasticsearch parses the value as a float and rounds it as the
+		// field's values were rounded, so 2.5000001 finds a float 2.5
+		switch f.Type {
+		case typeFloat:
+			fv = float64(float32(fv))
+		case typeHalfFloat:
+			fv = roundHalf(float64(float32(fv)))
 		}
 		return sortableFloat(fv), true, nil
 	}
@@ -931,6 +937,9 @@ func (c *compileCtx) compileMatch(q qMatch) (query.Query, *esError) {
 		return mq, nil
 	}
 	f := c.m.field(q.field)
+	if f != nil && f.Type == typeBinary {
+		return nil, queryError("Binary fields do not support searching")
+	}
 	if f == nil || f.isObject() {
 		return matchNone(), nil
 	}
@@ -990,6 +999,9 @@ func (c *compileCtx) compilePrefix(q qPrefix) (query.Query, *esError) {
 		return nil, unsupported("parsing_exception", "[prefix] query on ["+q.field+"]")
 	}
 	f := c.m.field(q.field)
+	if f != nil && f.Type == typeBinary {
+		return nil, queryError("Binary fields do not support searching")
+	}
 	if f == nil || f.isObject() {
 		return matchNone(), nil
 	}
@@ -1006,6 +1018,9 @@ func (c *compileCtx) compilePrefix(q qPrefix) (query.Query, *esError) {
 
 func (c *compileCtx) compileRange(q qRange) (query.Query, *esError) {
 	f := c.m.field(q.field)
+	if f != nil && f.Type == typeBinary {
+		return nil, queryError("Binary fields do not support searching")
+	}
 	if f == nil || f.isObject() {
 		return matchNone(), nil
 	}
@@ -1126,12 +1141,15 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 			return 0, false, queryError("failed to create query: %v", perr)
 		}
 		return adjustBound(ms, upper, inclusive)
-	case typeDouble, typeFloat:
+	case typeDouble, typeFloat, typeHalfFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
 			return 0, false, queryError("failed to create query: For input string: \"%v\"", v)
 		}
-		if f.Type == typeFloat {
+		// bounds are parsed as floats; against the rounded values of a
+		// half_float an unrounded bound selects what Elasticsearch's
+		// nextUp/nextDown adjustment does
+		if f.Type == typeFloat || f.Type == typeHalfFloat {
 			fv = float64(float32(fv))
 		}
 		return adjustBound(sortableFloat(fv), upper, inclusive)
@@ -1198,6 +1216,9 @@ func adjustBound(n int64, upper, inclusive bool) (int64, bool, *esError) {
 
 func (c *compileCtx) compileGeoBox(q qGeoBox) (query.Query, *esError) {
 	f := c.m.field(q.field)
+	if f != nil && f.Type == typeBinary {
+		return nil, queryError("Binary fields do not support searching")
+	}
 	if f == nil {
 		if q.ignoreUnmapped {
 			return matchNone(), nil

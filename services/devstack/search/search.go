@@ -23,6 +23,75 @@ import (
 	index "github.com/blevesearch/bleve_index_api"
 )
 
+// handleSearch answers GET/POST /_search and /<index>/_search.
+func (s *Server) handleSearch(req *request) *esError {
+	sr, err := parseSearchRequest(req.obj, req.params)
+	if err != nil {
+		return err
+	}
+	e, done, err := s.runSearch(req, sr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	out, err := e.respond(time.Since(req.start))
+	if err != nil {
+		return err
+	}
+	req.ok(out)
+	return nil
+}
+
+// handleCount answers GET/POST /_count and /<index>/_count.
+func (s *Server) handleCount(req *request) *esError {
+	sr := &searchRequest{query: qMatchAll{boost: 1}, sort: []*sortSpec{{field: "_doc"}}, trackTotal: -1}
+	for k, v := range req.obj {
+		if k != "query" {
+			return parsingError("request does not support [%s]", k)
+		}
+		var err *esError
+		if sr.query, err = parseQuery(v); err != nil {
+			return err
+		}
+	}
+	e, done, err := s.runSearch(req, sr)
+	if err != nil {
+		return err
+	}
+	defer done()
+	var total int64
+	for _, run := range e.runs {
+		total += run.total
+	}
+	n := len(e.indices)
+	req.ok(obj{{"count", total}, {"_shards", obj{{"total", n}, {"successful", n}, {"skipped", 0}, {"failed", 0}}}})
+	return nil
+}
+
+// runSearch resolves the request's index expression, holds its indices
+// open and executes sr over them, for _search and _count alike. The
+// caller calls done once it has read the results.
+func (s *Server) runSearch(req *request, sr *searchRequest) (e *searchExec, done func(), err *esError) {
+	list, release, err := s.open(req.arg("index"), req.resolveOpts())
+	if err != nil {
+		return nil, nil, err
+	}
+	e = &searchExec{s: s, req: sr, indices: list, now: time.Now()}
+	done = func() {
+		e.close()
+		release()
+	}
+	if err := e.prepare(); err != nil {
+		done()
+		return nil, nil, err
+	}
+	if err := e.execute(req.ctx); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return e, done, nil
+}
+
 // sortClass says how a sort key is compared.
 type sortClass uint8
 
@@ -41,8 +110,9 @@ type sortSpec struct {
 	mode         string // "", "min", "max"
 	unmappedType string
 
-	class sortClass
-	kind  valueKind
+	class   sortClass
+	kind    valueKind
+	intSort bool // integer, short or byte: Lucene sorts them as int
 }
 
 // sortVal is one sort key of a hit.
@@ -90,13 +160,18 @@ func (sp *sortSpec) missingNumber() int64 {
 	if sp.missingFirst {
 		high = !high
 	}
-	if sp.kind == kindDouble {
-		if high {
-			return sortableFloat(math.MaxFloat64)
-		}
-		return sortableFloat(-math.MaxFloat64)
-	}
-	if high {
+	// Elasticsearch's missing values are those of the Lucene sort type:
+	// int for integer, short and byte; float/double infinities; else long
+	switch {
+	case sp.kind == kindDouble && high:
+		return sortableFloat(math.Inf(1))
+	case sp.kind == kindDouble:
+		return sortableFloat(math.Inf(-1))
+	case sp.intSort && high:
+		return math.MaxInt32
+	case sp.intSort:
+		return math.MinInt32
+	case high:
 		return math.MaxInt64
 	}
 	return math.MinInt64
@@ -115,7 +190,15 @@ func (sp *sortSpec) render(v *sortVal) any {
 		return v.s
 	}
 	if sp.kind == kindDouble {
-		return floatFromSortable(v.n)
+		f := floatFromSortable(v.n)
+		if math.IsInf(f, 0) {
+			// Elasticsearch's JSON writes non-finite numbers as strings
+			if f > 0 {
+				return "Infinity"
+			}
+			return "-Infinity"
+		}
+		return f
 	}
 	return v.n
 }
@@ -140,16 +223,18 @@ type searchRequest struct {
 }
 
 // searchParams are the URL parameters _search accepts.
-var searchParams = set("from", "size", "sort", "track_total_hits", "_source", "_source_includes", "_source_excludes",
+var searchParams = []string{"from", "size", "sort", "track_total_hits", "_source", "_source_includes", "_source_excludes",
 	"timeout", "ignore_unavailable", "allow_no_indices", "expand_wildcards", "rest_total_hits_as_int", "typed_keys",
 	"search_type", "request_cache", "preference", "batched_reduce_size", "ccs_minimize_roundtrips",
 	"pre_filter_shard_size", "max_concurrent_shard_requests", "allow_partial_search_results", "track_scores",
 	"ignore_throttled", "q", "routing", "scroll", "version", "seq_no_primary_term", "stored_fields", "docvalue_fields",
 	"explain", "terminate_after", "stats", "suggest_field", "analyzer", "default_operator", "df", "lenient",
-	"analyze_wildcard", "include_named_queries_score", "force_synthetic_source")
+	"analyze_wildcard", "include_named_queries_score", "force_synthetic_source"}
 
 func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest, *esError) {
 	req := &searchRequest{query: qMatchAll{boost: 1}, size: 10, trackTotal: 10000}
+	trackTotalSet := false
+	trackTotalZero := false // track_total_hits: 0, which is not "disabled"
 	for k, v := range body {
 		var err *esError
 		switch k {
@@ -178,6 +263,10 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 			req.searchAfter = l
 		case "track_total_hits":
 			req.trackTotal, err = parseTrackTotal(v)
+			trackTotalSet = true
+			if n, ok := asInt(v); ok && n == 0 {
+				trackTotalZero = true
+			}
 		case "aggs", "aggregations":
 			req.aggs, err = parseAggs(v, 0)
 		case "_source":
@@ -231,9 +320,11 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 		case "track_total_hits":
 			if n, perr := strconv.Atoi(v); perr == nil {
 				req.trackTotal, err = parseTrackTotal(json.Number(strconv.Itoa(n)))
+				trackTotalZero = n == 0
 			} else {
 				req.trackTotal, err = parseTrackTotal(v == "true" || v == "")
 			}
+			trackTotalSet = true
 		case "_source":
 			switch v {
 			case "true", "":
@@ -248,9 +339,6 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 			req.source.excludes = strings.Split(v, ",")
 		case "rest_total_hits_as_int":
 			req.totalAsInt = v == "true" || v == ""
-			if req.totalAsInt {
-				req.trackTotal = -1
-			}
 		case "track_scores":
 			req.trackScores = v == "true" || v == ""
 		case "typed_keys":
@@ -267,6 +355,16 @@ func parseSearchRequest(body map[string]any, params url.Values) (*searchRequest,
 		}
 		if err != nil {
 			return nil, err
+		}
+	}
+	if req.totalAsInt {
+		switch {
+		case !trackTotalSet:
+			req.trackTotal = -1
+		case req.trackTotal != -1 && req.trackTotal != 0:
+			return nil, badRequest("[rest_total_hits_as_int] cannot be used if the tracking of total hits is not accurate, got %d", req.trackTotal)
+		case req.trackTotal == 0 && trackTotalZero:
+			return nil, badRequest("[rest_total_hits_as_int] cannot be used if the tracking of total hits is not accurate, got 0")
 		}
 	}
 	if len(req.sort) == 0 {
@@ -294,10 +392,16 @@ func parseTrackTotal(v any) (int64, *esError) {
 		return 0, nil
 	}
 	n, ok := asInt(v)
-	if !ok || n < -1 {
-		return 0, badRequest("[track_total_hits] must be a boolean or a non-negative integer")
+	if !ok {
+		return 0, badRequest("[track_total_hits] must be a boolean or an integer, got [%v]", v)
 	}
-	if n == -1 {
+	if n < -1 {
+		return 0, badRequest("[track_total_hits] parameter must be positive or equals to -1, got %d", n)
+	}
+	switch n {
+	case -1: // Elasticsearch's TRACK_TOTAL_HITS_DISABLED
+		return 0, nil
+	case math.MaxInt32: // TRACK_TOTAL_HITS_ACCURATE
 		return -1, nil
 	}
 	return int64(n), nil
@@ -676,6 +780,7 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 			return badRequest("the field [%s] has different types in the searched indices; cannot sort on it", sp.field)
 		}
 		sp.kind = k
+		sp.intSort = isIntType(f.Type)
 	}
 	if sp.kind == kindNone {
 		if sp.unmappedType == "" && len(mappings) == 0 {
@@ -688,6 +793,7 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 		}
 		f := &fieldMapping{Type: sp.unmappedType}
 		sp.kind = f.kind()
+		sp.intSort = isIntType(f.Type)
 		if sp.kind == kindNone {
 			return unsupported("illegal_argument_exception", "sort unmapped_type ["+sp.unmappedType+"]")
 		}
@@ -699,6 +805,8 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 	}
 	return nil
 }
+
+func isIntType(t string) bool { return t == typeInteger || t == typeShort || t == typeByte }
 
 func parseAfterValue(sp *sortSpec, v any) (sortVal, *esError) {
 	bad := func() (sortVal, *esError) {

@@ -11,6 +11,27 @@
 // Everything survives a restart on the same DataDir. A bulk or document
 // write returns after its batch is persisted (fsync), and is searchable at
 // once: refresh is implicit.
+//
+// Where the API lives:
+//
+//	routes.go        every endpoint: methods, paths, URL parameters, handler
+//	endpoint.go      what every call shares: routing, parameter checks,
+//	                 body decoding; response.go: replies, errors, filter_path
+//	documents.go     GET/PUT/POST/DELETE /<index>/_doc, _create, _source
+//	bulk.go          POST /_bulk (parsing, per-item results)
+//	writes.go        the write path shared by bulk and documents: versions,
+//	                 conflicts, dynamic mapping, one bleve batch per index
+//	encode.go        JSON document -> bleve fields and doc values
+//	indices.go       PUT/GET/HEAD/DELETE /<index>, _mapping, _settings, _refresh
+//	aliases.go       POST /_aliases, /<index>/_alias, GET /_alias
+//	templates.go     /_index_template
+//	search.go        /_search and /_count: request parsing, hit collection,
+//	                 sort, paging; query.go: the query DSL
+//	aggregations.go  the aggregations under "aggs"
+//	cat.go           GET /, /_cluster/health, /_cat/indices, /_cat/aliases
+//	mapping.go       mappings and field types; dates.go: date formats, math
+//	state.go         index and template state on disk, index expressions
+//	errors.go        Elasticsearch-shaped errors and ordered JSON objects
 package search
 
 import (

@@ -428,7 +428,14 @@ func parseAliasDef(name string, def any) (aliasMeta, *esError) {
 // (max_result_window).
 var settingsAllowed = set("number_of_shards", "number_of_replicas", "refresh_interval", "max_result_window",
 	"mapping.total_fields.limit", "auto_expand_replicas", "codec", "lifecycle.name", "lifecycle.rollover_alias",
-	"uuid", "creation_date", "provided_name", "version.created", "hidden", "number_of_routing_shards")
+	"uuid", "creation_date", "provided_name", "version.created", "hidden", "number_of_routing_shards",
+	// static settings that limit or tune features the server does not
+	// have, so accepting them changes no answer
+	"shard.check_on_startup", "routing_partition_size", "soft_deletes.enabled", "priority",
+	"load_fixed_bitset_filters_eagerly", "max_inner_result_window", "max_rescore_window",
+	"max_docvalue_fields_search", "max_script_fields", "max_ngram_diff", "max_shingle_diff",
+	"max_refresh_listeners", "max_regex_length", "analyze.max_token_count",
+	"highlight.max_analyzed_offset", "max_slices_per_scroll", "gc_deletes")
 
 func parseSettings(v any) (map[string]string, *esError) {
 	out := map[string]string{}
@@ -705,6 +712,9 @@ func (s *Server) resolve(expr string, o resolveOpts) ([]*esIndex, *esError) {
 		}
 		if o.noAliases && !strings.Contains(part, "*") {
 			if _, isIndex := s.indices[part]; !isIndex {
+				if o.ignoreUnavailable {
+					continue
+				}
 				return nil, badRequest("The provided expression [%s] matches an alias, specify the corresponding concrete indices instead.", part)
 			}
 		}
@@ -790,6 +800,20 @@ func (s *Server) writeIndex(name string, autoCreate bool) (*esIndex, *esError) {
 
 // acquire read-locks the indices for the duration of a request; release
 // undoes it. An index deleted in between is reported missing.
+// open resolves expr and holds its indices open (acquire) until the
+// returned release is called.
+func (s *Server) open(expr string, o resolveOpts) ([]*esIndex, func(), *esError) {
+	list, err := s.resolve(expr, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, err := acquire(list)
+	if err != nil {
+		return nil, nil, err
+	}
+	return list, release, nil
+}
+
 func acquire(list []*esIndex) (func(), *esError) {
 	for i, ix := range list {
 		ix.life.RLock()

@@ -1,6 +1,7 @@
 package search
 
 import (
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -157,6 +158,23 @@ func (f *rawField) Analyze() {
 	f.length = len(f.terms)
 }
 
+// roundHalf rounds f to the nearest IEEE 754 binary16 value (ties to
+// even), what Elasticsearch keeps of a half_float; beyond 65504 it is
+// infinite.
+func roundHalf(f float64) float64 {
+	if f == 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+		return f
+	}
+	_, exp := math.Frexp(f) // |f| = frac * 2^exp, frac in [0.5, 1)
+	e := max(exp-1, -14)    // binary16: 10 fraction bits, subnormals below 2^-14
+	spacing := math.Ldexp(1, e-10)
+	r := math.RoundToEven(f/spacing) * spacing
+	if math.Abs(r) > 65504 {
+		return math.Inf(int(math.Copysign(1, f)))
+	}
+	return r
+}
+
 // sortableFloat maps a double to an int64 with the same order (bleve's
 // numeric encoding).
 func sortableFloat(f float64) int64 { return numeric.Float64ToInt64(f) }
@@ -237,7 +255,18 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 			return fail("Value [%s] is out of range for %s", s, f.Type)
 		}
 		return leafValue{n: n}, nil
-	case typeDouble, typeFloat:
+	case typeBinary:
+		s, ok := v.(string)
+		if !ok {
+			return fail("failed to parse field [%s] of type [binary]", path)
+		}
+		if _, err := base64.StdEncoding.DecodeString(s); err != nil {
+			if _, err := base64.RawStdEncoding.DecodeString(s); err != nil {
+				return fail("failed to parse field [%s] of type [binary]: illegal base64 value", path)
+			}
+		}
+		return leafValue{s: s}, nil
+	case typeDouble, typeFloat, typeHalfFloat:
 		var s string
 		switch x := v.(type) {
 		case json.Number:
@@ -251,11 +280,14 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 		if err != nil || math.IsNaN(fv) || math.IsInf(fv, 0) {
 			return fail("For input string: \"%s\"", s)
 		}
-		if f.Type == typeFloat {
+		switch f.Type {
+		case typeFloat:
 			fv = float64(float32(fv))
-			if math.IsInf(fv, 0) {
-				return fail("[float] supports only finite values, but got [%s]", s)
-			}
+		case typeHalfFloat:
+			fv = roundHalf(fv)
+		}
+		if math.IsInf(fv, 0) {
+			return fail("[%s] supports only finite values, but got [%s]", f.Type, s)
 		}
 		return leafValue{n: sortableFloat(fv)}, nil
 	case typeDate:
@@ -643,6 +675,9 @@ func (b *docBuilder) addValue(fm *fieldMapping, path string, raw any) *esError {
 		}
 		b.doc.AddField(newRawField(path, 't', markerOptions, nil, []byte(term)))
 		b.addDV(fm, path, lv.n)
+		b.markPresent(path)
+	case typeBinary:
+		// stored in _source only; exists finds it by its marker
 		b.markPresent(path)
 	case typeGeoPoint:
 		// exists on a geo_point looks for any latitude term

@@ -35,6 +35,7 @@ type aggSpec struct {
 	typ   string
 	field string
 	subs  []*aggSpec
+	meta  any // echoed as "meta" in the response
 
 	// terms
 	size        int
@@ -86,6 +87,10 @@ func parseAggs(v any, depth int) ([]*aggSpec, *esError) {
 			case "aggs", "aggregations":
 				subs = v
 			case "meta":
+				if _, ok := v.(map[string]any); !ok {
+					return nil, parsingError("[meta] of aggregation [%s] must be an object", name)
+				}
+				spec.meta = v
 			default:
 				if spec.typ != "" {
 					return nil, parsingError("Found two aggregation type definitions in [%s]: [%s] and [%s]", name, spec.typ, k)
@@ -192,6 +197,15 @@ func (a *aggSpec) parseBody(body map[string]any) *esError {
 				return bad(k)
 			}
 		case k == "precision_threshold" && a.typ == "cardinality":
+			n, ok := asInt(v)
+			if !ok {
+				return parsingError("[cardinality] failed to parse field [precision_threshold]")
+			}
+			if n < 0 {
+				e := newError(http.StatusBadRequest, "x_content_parse_exception", "[cardinality] failed to parse field [precision_threshold]")
+				e.causedBy = badRequest("[precisionThreshold] must be greater than or equal to 0. Found [%d] in [%s]", n, a.name)
+				return e
+			}
 		case k == "calendar_interval" && a.typ == "date_histogram":
 			s, _ := v.(string)
 			unit, ok := calendarUnits[s]
@@ -826,6 +840,9 @@ func renderAggs(specs []*aggSpec, states []aggState, budget *bucketBudget) (obj,
 		v, err := renderAgg(sp, states[i], budget)
 		if err != nil {
 			return nil, err
+		}
+		if sp.meta != nil {
+			v = append(obj{{"meta", sp.meta}}, v...)
 		}
 		out = append(out, kv{sp.name, v})
 	}
