@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=()
-for m in proto pipelines services services/devstack; do
+for m in proto pipelines services services/devstack charts; do
   pkgs+=("github.com/chapper/chapper/${m}/...")
 done
 go test -count=1 -timeout 12m "$@" "${pkgs[@]}"
