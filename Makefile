@@ -6,8 +6,11 @@ BUF_VERSION             ?= v1.75.0
 PROTOC_GEN_GO_VERSION   ?= v1.36.12
 PROTOC_GEN_GRPC_VERSION ?= v1.6.2
 STATICCHECK_VERSION     ?= v0.8.2
-MODULES                 := proto pipelines services services/devstack
+HELM_VERSION            ?= v3.22.0
+MODULES                 := proto pipelines services services/devstack charts
 TOOLS                   := $(CURDIR)/bin/tools
+# STATIC_BUILD is the production build; the Dockerfile runs the same command.
+STATIC_BUILD            := CGO_ENABLED=0 go build -trimpath -ldflags="-s -w"
 
 .PHONY: help
 help: ## List the targets.
@@ -20,6 +23,14 @@ setup: ## Install the Debian packages tests and dev mode need (no-op when presen
 .PHONY: build
 build: ## Build bin/chapper.
 	go build -o bin/chapper ./services/cmd/chapper
+
+.PHONY: build-static
+build-static: ## Build bin/chapper-static, the static binary of the container image.
+	$(STATIC_BUILD) -o bin/chapper-static ./services/cmd/chapper
+
+.PHONY: charts
+charts: ## helm lint and helm template of charts/chapper, manifests decoded into the Kubernetes types.
+	cd charts && go test -count=1 -v ./...
 
 .PHONY: run
 run: setup build ## Run the whole system on the embedded stack (chapper dev).

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mods=()
-for m in proto pipelines services services/devstack; do
+for m in proto pipelines services services/devstack charts; do
   mods+=("github.com/chapper/chapper/${m}/...")
 done
 race_re='^github.com/chapper/chapper/(pipelines/(runtime|timeline|persist|search)|services/(ingest|query))(/|$)'

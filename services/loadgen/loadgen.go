@@ -26,6 +26,10 @@ import (
 
 // Config says what load to put on which endpoint.
 type Config struct {
+	// Mode is closed (the default: Records records from Clients clients,
+	// each waiting for its answer) or campaign (see CampaignConfig).
+	Mode      string
+	Campaign  CampaignConfig
 	Addr      string
 	Records   int
 	Rate      float64
@@ -46,6 +50,7 @@ type Config struct {
 
 // RegisterFlags registers the load generator's flags on fs under prefix.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.StringVar(&c.Mode, prefix+".mode", "closed", "closed: -loadgen.records records from -loadgen.clients clients, each waiting for its answer; campaign: simulated canvassers at a fixed arrival rate (the -loadgen.canvassers ... flags).")
 	fs.StringVar(&c.Addr, prefix+".addr", "127.0.0.1:7070", "Ingest gRPC address to submit to.")
 	fs.IntVar(&c.Records, prefix+".records", 100000, "Records to submit in all.")
 	fs.Float64Var(&c.Rate, prefix+".rate", 0, "Records per second offered, spread over the clients; 0 submits as fast as the clients can.")
@@ -54,10 +59,21 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Kind, prefix+".kind", "visits", "Records to generate: visits, intentions, followups or mixed.")
 	fs.DurationVar(&c.Timeout, prefix+".timeout", 10*time.Second, "Deadline of each Submit.")
 	fs.BoolVar(&c.Pregenerate, prefix+".pregenerate", false, "Build and encode every request before starting the clock (memory: about 300 bytes per record).")
+	c.Campaign.RegisterFlags(prefix, fs)
 }
 
 // Validate reports the first problem with the configuration.
 func (c *Config) Validate() error {
+	switch c.Mode {
+	case "", "closed":
+	case "campaign":
+		if c.Addr == "" {
+			return errors.New("loadgen: no address")
+		}
+		return c.Campaign.Validate()
+	default:
+		return fmt.Errorf("loadgen: unknown mode %q (want closed or campaign)", c.Mode)
+	}
 	switch {
 	case c.Addr == "":
 		return errors.New("loadgen: no address")

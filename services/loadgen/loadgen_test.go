@@ -18,37 +18,9 @@ func TestMain(m *testing.M) { devtest.Main(m) }
 // checks the counts and latencies it reports.
 func TestRun(t *testing.T) {
 	k := devtest.Kafka(t)
-	svc, err := ingest.New(ingest.Config{
-		Brokers: []string{k.Addr()}, BatchLimit: 500, DedupSize: 1000, MaxFuture: time.Hour,
-		ProduceTimeout: 5 * time.Second, BatchTimeout: time.Millisecond, MaxAttempts: 3,
-		Compression: "lz4", KafkaClientID: "loadgen-test", CreateTopics: true, TopicPartitions: 12, ReplicationFactor: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Config{Addr: "127.0.0.1:0", ShutdownTimeout: time.Second}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc.Register(srv.GRPC())
-	srv.Gate(svc.WaitReady)
+	addr := startIngest(t, k.Addr())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error { return svc.Run(gctx) })
-	g.Go(func() error { return srv.Run(gctx) })
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Errorf("ingest: %v", err)
-		}
-	}()
-	select {
-	case <-srv.Listening():
-	case <-ctx.Done():
-		t.Fatal("server not listening")
-	}
 
 	tests := []struct {
 		name string
@@ -61,7 +33,7 @@ func TestRun(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg
-			cfg.Addr = srv.Addr().String()
+			cfg.Addr = addr
 			cfg.Timeout = 10 * time.Second
 			res, err := loadgen.Run(ctx, cfg)
 			if err != nil {
@@ -105,4 +77,40 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startIngest runs a real ingest service on a free port against brokers
+// until the test ends, and returns its address.
+func startIngest(t *testing.T, brokers string) string {
+	t.Helper()
+	svc, err := ingest.New(ingest.Config{
+		Brokers: []string{brokers}, BatchLimit: 500, DedupSize: 100000, MaxFuture: time.Hour,
+		ProduceTimeout: 5 * time.Second, BatchTimeout: time.Millisecond, MaxAttempts: 3,
+		Compression: "lz4", KafkaClientID: "loadgen-test", CreateTopics: true, TopicPartitions: 12, ReplicationFactor: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Addr: "127.0.0.1:0", ShutdownTimeout: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Register(srv.GRPC())
+	srv.Gate(svc.WaitReady)
+	ctx, stop := context.WithCancel(context.Background())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error { return srv.Run(gctx) })
+	t.Cleanup(func() {
+		stop()
+		if err := g.Wait(); err != nil {
+			t.Errorf("ingest: %v", err)
+		}
+	})
+	select {
+	case <-srv.Listening():
+	case <-time.After(60 * time.Second):
+		t.Fatal("server not listening")
+	}
+	return srv.Addr().String()
 }
