@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -83,6 +84,9 @@ func ReadRanges(ctx context.Context, cfg RangeConfig, ranges []Range, sink Sink)
 	c := cfg.Config.withDefaults()
 	h := newBatchHandler(c, sink, c.Logger.With("sink", sink.Name(), "replay", true))
 	defer h.close()
+	if err := checkPartitions(ctx, &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: 10 * time.Second, Transport: h.transport}, ranges); err != nil {
+		return stats, err
+	}
 
 	progress := make([]Checkpoint, len(ranges))
 	index := map[topicPartition]int{}
@@ -199,6 +203,36 @@ func (cfg *RangeConfig) validate(ranges []Range) error {
 			return fmt.Errorf("%w %d: partition %s given twice", ErrBadRange, i, tp)
 		}
 		seen[tp] = true
+	}
+	return nil
+}
+
+// checkPartitions returns an error naming the first range whose partition
+// the brokers do not know (a reader would wait for it forever).
+func checkPartitions(ctx context.Context, client *kafka.Client, ranges []Range) error {
+	var topics []string
+	for _, r := range ranges {
+		if r.From < r.To && !slices.Contains(topics, r.Topic) {
+			topics = append(topics, r.Topic)
+		}
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	resp, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("reading metadata of the topics to read: %w", err)
+	}
+	partitions := map[string]int{}
+	for _, t := range resp.Topics {
+		if t.Error == nil {
+			partitions[t.Name] = len(t.Partitions)
+		}
+	}
+	for i, r := range ranges {
+		if r.From < r.To && r.Partition >= partitions[r.Topic] {
+			return fmt.Errorf("%w %d: partition %s/%d does not exist (the topic has %d)", ErrBadRange, i, r.Topic, r.Partition, partitions[r.Topic])
+		}
 	}
 	return nil
 }

@@ -224,9 +224,17 @@ func TestReadRangesBadInput(t *testing.T) {
 	if _, err := runtime.ReadRanges(context.Background(), noBrokers, nil, newMemSink("x")); !errors.Is(err, runtime.ErrNoBrokers) {
 		t.Errorf("ReadRanges without brokers = %v, want ErrNoBrokers", err)
 	}
-	// Empty ranges are done at once.
+	// Empty ranges are done at once; a partition that does not exist is
+	// refused, not waited for.
 	stats, err := runtime.ReadRanges(context.Background(), cfg, []runtime.Range{{Topic: "t", From: 3, To: 3}}, newMemSink("x"))
 	if err != nil || stats != (runtime.RangeStats{}) {
 		t.Errorf("ReadRanges over an empty range = %+v, %v; want nothing and nil", stats, err)
+	}
+	k := devtest.Kafka(t)
+	sinktest.CreateTopics(t, k.Addr())
+	missing := []runtime.Range{{Topic: topic.Visits, Partition: sinktest.Partitions, To: 1}}
+	if _, err := runtime.ReadRanges(ctxT(t), rangeConfig(k.Addr()), missing, newMemSink("x")); !errors.Is(err, runtime.ErrBadRange) ||
+		!strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("ReadRanges over a missing partition = %v, want ErrBadRange saying it does not exist", err)
 	}
 }
