@@ -84,7 +84,14 @@ func ReadRanges(ctx context.Context, cfg RangeConfig, ranges []Range, sink Sink)
 	c := cfg.Config.withDefaults()
 	h := newBatchHandler(c, sink, c.Logger.With("sink", sink.Name(), "replay", true))
 	defer h.close()
-	if err := checkPartitions(ctx, &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: 10 * time.Second, Transport: h.transport}, ranges); err != nil {
+	client := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: 10 * time.Second, Transport: h.transport}
+	if err := checkPartitions(ctx, client, ranges); err != nil {
+		return stats, err
+	}
+	// Records the topic no longer holds (deleted by retention) cannot be
+	// read: start each range at the partition's first offset at least.
+	first, err := firstOffsets(ctx, client, ranges)
+	if err != nil {
 		return stats, err
 	}
 
@@ -100,6 +107,7 @@ func ReadRanges(ctx context.Context, cfg RangeConfig, ranges []Range, sink Sink)
 	readErr := make(chan error, len(ranges))
 	var wg sync.WaitGroup
 	for _, r := range ranges {
+		r.From = min(max(r.From, first[topicPartition{r.Topic, r.Partition}]), r.To)
 		if r.From == r.To {
 			continue
 		}
@@ -235,6 +243,33 @@ func checkPartitions(ctx context.Context, client *kafka.Client, ranges []Range) 
 		}
 	}
 	return nil
+}
+
+// firstOffsets returns the first offset each range's partition still holds.
+func firstOffsets(ctx context.Context, client *kafka.Client, ranges []Range) (map[topicPartition]int64, error) {
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for _, r := range ranges {
+		if r.From < r.To {
+			req.Topics[r.Topic] = append(req.Topics[r.Topic], kafka.FirstOffsetOf(r.Partition))
+		}
+	}
+	out := map[topicPartition]int64{}
+	if len(req.Topics) == 0 {
+		return out, nil
+	}
+	resp, err := client.ListOffsets(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("listing the first offsets of the partitions to read: %w", err)
+	}
+	for name, parts := range resp.Topics {
+		for _, p := range parts {
+			if p.Error != nil {
+				return nil, fmt.Errorf("listing the first offset of %s/%d: %w", name, p.Partition, p.Error)
+			}
+			out[topicPartition{name, p.Partition}] = p.FirstOffset
+		}
+	}
+	return out, nil
 }
 
 // readRange sends the records of r to out, in offset order, and returns
