@@ -16,7 +16,15 @@
 // Around each batch the sink holds shardmap.WriteLock in shared mode on the
 // router and re-reads the map when its version changed, so a shard move
 // (which takes the lock exclusively to switch the map) is safe with any
-// number of persisters.
+// number of persisters. The shard transactions commit only after a check
+// that the lock's router session is still alive; a lost session makes the
+// batch fail transiently (ErrLockLost) with nothing committed.
+//
+// A statement a database refuses whatever the data (SQLSTATE class 42 or
+// 3F: a missing column or table, no privilege) makes Write return a
+// *runtime.FatalError. A correction (a record with replaces_id) also
+// writes its replaced id to every database holding shards, in the same
+// pass, so that reads anywhere can leave the replaced record out.
 package persist
 
 import (

@@ -7,8 +7,11 @@
 // shardmap.WriteLock exclusively (every persister holds it shared around
 // each batch, so this waits for the batches in flight and holds new ones)
 // while it copies the last rows, checks the counts and publishes the new map
-// version; persisters then re-read the map and write to the new database.
-// Finally it deletes the old copy. Rows are only ever inserted, never
+// version (on the session holding the lock); persisters then re-read the
+// map and write to the new database. Then it waits for writes still in
+// flight on the old database (a persister whose lock session died), copies
+// what they committed, verifies by content that every row of the shard is
+// in the new database, and deletes the old copy up to what it verified. Rows are only ever inserted, never
 // updated, and every table carries seq, an insertion counter local to its
 // database: rows with seq above a mark taken under the lock are exactly the
 // rows committed after it.
