@@ -151,12 +151,12 @@ describe("against chapper dev", () => {
       proxy.setMode("up");
       await waitFor("the queue to empty", async () => (await q.status()).unsent === 0);
       assert.equal((await q.status()).lastError, "");
-      const chunk = await client.query.getChunk({ location: at });
-      const ids = chunk.localities.flatMap((l) => l.entries.map((e) => e.id));
-      await waitFor("the visit in GetChunk", async () =>
-        (await client.query.getChunk({ location: at })).localities.some((l) => l.entries.some((e) => e.id === id)),
-      );
-      assert.ok(ids.filter((x) => x === id).length <= 1);
+      const entries = await waitFor("the visit in GetChunk", async () => {
+        const es = (await client.query.getChunk({ location: at })).localities.flatMap((l) => l.entries);
+        return es.some((e) => e.id === id) ? es : undefined;
+      });
+      assert.equal(entries.filter((e) => e.id === id).length, 1, "stored once");
+      assert.equal(entries.length, 1, "the failed attempts left nothing else");
     } finally {
       await q.stop();
       await proxy.close();
