@@ -97,11 +97,14 @@ func New(cfg Config) (*Service, error) {
 	w := newWriter(cfg, transport, log)
 	var store *idStore
 	if addrs := splitAddrs(cfg.RedisAddrs); len(addrs) > 0 {
+		client := redis.NewUniversalClient(&redis.UniversalOptions{
+			Addrs: addrs, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+			MaxRetries: 1, PoolSize: 64,
+		})
+		_, cluster := client.(*redis.ClusterClient)
 		store = &idStore{
-			client: redis.NewUniversalClient(&redis.UniversalOptions{
-				Addrs: addrs, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-				MaxRetries: 1, PoolSize: 64,
-			}),
+			client: client,
+			multi:  !cluster,
 			prefix: cfg.RedisPrefix,
 			ttl:    cfg.IDTTL,
 			// Longer than any produce: a claim outlives its Submit only
