@@ -51,7 +51,7 @@ check)
   fi
   ;;
 test)
-  "$0" check
+  bash "$root/scripts/web.sh" check
   typecheck
   # The suites run the chapper of these sources, with this page embedded.
   tmp=$(mktemp -d)

@@ -6,6 +6,7 @@ import (
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/services/auth"
 	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 )
 
 // checkCorrections checks every record of b that corrects another
@@ -56,6 +57,7 @@ func (s *Service) checkCorrections(ctx context.Context, b *batch, claims *auth.C
 	for i, p := range b.todo {
 		if reason := correctionProblem(p.stamp, stamps[i], claims); reason != "" {
 			p.result.Status, p.result.Reason = canvassv1.Status_STATUS_REJECTED, p.path+".replaces_id: "+reason
+			b.violations = append(b.violations, &errdetails.BadRequest_FieldViolation{Field: p.path + ".replaces_id", Description: reason})
 			rejectionsTotal.WithLabelValues(string(kindOfByte[p.stamp[0]]), "replaces_id").Inc()
 			continue
 		}

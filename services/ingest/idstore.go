@@ -27,7 +27,11 @@ var ErrIDStore = errors.New("shared id store unavailable")
 // hash tag, so it works on Redis Cluster (the commands of a batch are
 // pipelined per node).
 type idStore struct {
-	client   redis.UniversalClient
+	client redis.UniversalClient
+	// multi: one script call takes a whole batch's keys (a single server);
+	// on a Redis Cluster the keys of a batch lie in many slots, so each
+	// key gets its own call in one pipeline.
+	multi    bool
 	prefix   string
 	ttl      time.Duration
 	claimTTL time.Duration
@@ -53,6 +57,47 @@ local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0`)
 )
+
+// The same three for a whole batch in one call (single server only).
+var (
+	claimManyScript = redis.NewScript(`
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if v then out[i] = v else
+    redis.call('SET', k, 'p' .. ARGV[1] .. '|' .. ARGV[i + 2], 'PX', ARGV[2])
+    out[i] = 'c'
+  end
+end
+return out`)
+	ackManyScript = redis.NewScript(`
+for i, k in ipairs(KEYS) do redis.call('SET', k, 'a' .. ARGV[i + 1], 'PX', ARGV[1]) end
+return 1`)
+	releaseManyScript = redis.NewScript(`
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', k) end
+end
+return 1`)
+)
+
+// runMany evaluates script once over every key of ids, loading it when the
+// server does not have it.
+func (s *idStore) runMany(ctx context.Context, doing string, script *redis.Script, ids []uuid.UUID, args []any) (*redis.Cmd, error) {
+	start := time.Now()
+	defer func() { idStoreSeconds.WithLabelValues(doing).Observe(time.Since(start).Seconds()) }()
+	keys := make([]string, len(ids))
+	for k, id := range ids {
+		keys[k] = s.key(id)
+	}
+	// Run tries EVALSHA, then EVAL (which caches the script) on NOSCRIPT.
+	cmd := script.Run(ctx, s.client, keys, args...)
+	if err := cmd.Err(); err != nil {
+		idStoreErrorsTotal.WithLabelValues(doing).Inc()
+		return nil, fmt.Errorf("%w: %s %d ids: %v", ErrIDStore, doing, len(ids), err)
+	}
+	return cmd, nil
+}
 
 // claimState is the answer of the store for one id.
 type claimState int
@@ -119,37 +164,43 @@ func (s *idStore) run(ctx context.Context, doing string, script *redis.Script, i
 	}
 }
 
-// loadScripts loads the scripts into every node (cluster) or the server.
-func (s *idStore) loadScripts(ctx context.Context) error {
-	load := func(ctx context.Context, c redis.Scripter) error {
-		for _, sc := range []*redis.Script{claimScript, ackScript, releaseScript} {
-			if err := sc.Load(ctx, c).Err(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		return cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { return load(ctx, c) })
-	}
-	return load(ctx, s.client)
-}
-
 // claim claims each id whose stamp is stamps[k] for owner, or answers
 // what the store knows of it.
 func (s *idStore) claim(ctx context.Context, owner string, ids []uuid.UUID, stamps []string) ([]idAnswer, error) {
 	ttl := strconv.FormatInt(s.claimTTL.Milliseconds(), 10)
-	cmds, err := s.run(ctx, "claim", claimScript, ids, func(k int) []any { return []any{owner, stamps[k], ttl} })
-	if err != nil {
-		return nil, err
+	mine := "p" + owner + "|"
+	vals := make([]string, len(ids))
+	if s.multi {
+		args := make([]any, 0, 2+len(ids))
+		args = append(args, owner, ttl)
+		for _, st := range stamps {
+			args = append(args, st)
+		}
+		cmd, err := s.runMany(ctx, "claim", claimManyScript, ids, args)
+		if err != nil {
+			return nil, err
+		}
+		got, err := cmd.StringSlice()
+		if err != nil || len(got) != len(ids) {
+			return nil, fmt.Errorf("%w: reading claims: %d answers for %d ids, %v", ErrIDStore, len(got), len(ids), err)
+		}
+		vals = got
+	} else {
+		cmds, err := s.run(ctx, "claim", claimScript, ids, func(k int) []any { return []any{owner, stamps[k], ttl} })
+		if err != nil {
+			return nil, err
+		}
+		for k, c := range cmds {
+			if vals[k], err = c.Text(); err != nil {
+				return nil, fmt.Errorf("%w: reading claim of %s: %v", ErrIDStore, ids[k], err)
+			}
+		}
 	}
 	out := make([]idAnswer, len(ids))
-	for k, c := range cmds {
-		v, err := c.Text()
-		if err != nil {
-			return nil, fmt.Errorf("%w: reading claim of %s: %v", ErrIDStore, ids[k], err)
-		}
-		if v == "c" {
+	for k, v := range vals {
+		// A claim of our own: the client retried a call whose first
+		// attempt did reach the server.
+		if v == "c" || strings.HasPrefix(v, mine) {
 			out[k] = idAnswer{state: claimed}
 			continue
 		}
@@ -161,6 +212,15 @@ func (s *idStore) claim(ctx context.Context, owner string, ids []uuid.UUID, stam
 // ack records the ids as acknowledged with their stamps.
 func (s *idStore) ack(ctx context.Context, ids []uuid.UUID, stamps []string) error {
 	ttl := strconv.FormatInt(s.ttl.Milliseconds(), 10)
+	if s.multi {
+		args := make([]any, 0, 1+len(ids))
+		args = append(args, ttl)
+		for _, st := range stamps {
+			args = append(args, st)
+		}
+		_, err := s.runMany(ctx, "ack", ackManyScript, ids, args)
+		return err
+	}
 	_, err := s.run(ctx, "ack", ackScript, ids, func(k int) []any { return []any{stamps[k], ttl} })
 	return err
 }
@@ -168,6 +228,10 @@ func (s *idStore) ack(ctx context.Context, ids []uuid.UUID, stamps []string) err
 // release drops owner's claims of ids (their produce failed).
 func (s *idStore) release(ctx context.Context, owner string, ids []uuid.UUID) error {
 	mine := "p" + owner + "|"
+	if s.multi {
+		_, err := s.runMany(ctx, "release", releaseManyScript, ids, []any{mine})
+		return err
+	}
 	_, err := s.run(ctx, "release", releaseScript, ids, func(int) []any { return []any{mine} })
 	return err
 }

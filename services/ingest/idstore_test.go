@@ -379,3 +379,36 @@ func TestLimits(t *testing.T) {
 		t.Errorf("holding Submit: %v", err)
 	}
 }
+
+// TestIDStoreCluster runs the shared id store on a real Redis Cluster,
+// where each id is its own call in a pipeline: DUPLICATE, CONFLICT and a
+// release across two instances.
+func TestIDStoreCluster(t *testing.T) {
+	k := devtest.Kafka(t)
+	addrs := strings.Join(devtest.RedisCluster(t), ",")
+	a := startIngest(t, k.Addr(), withStore(addrs, "c:"))
+	b := startIngest(t, k.Addr(), withStore(addrs, "c:"))
+	if a.svc.store.multi {
+		t.Fatal("cluster client not detected: the store would send multi-slot scripts")
+	}
+	ctx := testCtx(t, 60*time.Second)
+	req := &canvassv1.SubmitRequest{}
+	for range 20 {
+		req.Visits = append(req.Visits, validVisit(t))
+	}
+	for _, res := range submit(t, ctx, a, req) {
+		wantStatus(t, res, canvassv1.Status_STATUS_ACCEPTED, "")
+	}
+	for _, res := range submit(t, ctx, b, req) {
+		wantStatus(t, res, canvassv1.Status_STATUS_DUPLICATE, "")
+	}
+	moved := proto.Clone(req.Visits[3]).(*canvassv1.Visit)
+	moved.Outcome = canvassv1.Outcome_OUTCOME_MOVED
+	res := submit(t, ctx, b, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{moved}})[0]
+	if !slices.Equal(res.GetConflictingFields(), []string{"outcome"}) {
+		t.Errorf("conflict on the cluster: %v", res)
+	}
+	if n := len(readTopic(t, k.Addr(), topic.Visits)); n != 20 {
+		t.Errorf("%s holds %d records, want 20", topic.Visits, n)
+	}
+}

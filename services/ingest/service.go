@@ -21,6 +21,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -96,11 +97,14 @@ func New(cfg Config) (*Service, error) {
 	w := newWriter(cfg, transport, log)
 	var store *idStore
 	if addrs := splitAddrs(cfg.RedisAddrs); len(addrs) > 0 {
+		client := redis.NewUniversalClient(&redis.UniversalOptions{
+			Addrs: addrs, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+			MaxRetries: 1, PoolSize: 64,
+		})
+		_, cluster := client.(*redis.ClusterClient)
 		store = &idStore{
-			client: redis.NewUniversalClient(&redis.UniversalOptions{
-				Addrs: addrs, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-				MaxRetries: 1, PoolSize: 64,
-			}),
+			client: client,
+			multi:  !cluster,
 			prefix: cfg.RedisPrefix,
 			ttl:    cfg.IDTTL,
 			// Longer than any produce: a claim outlives its Submit only
@@ -223,7 +227,11 @@ func (s *Service) close() error {
 	if s.store != nil {
 		err = s.store.client.Close()
 	}
-	if werr := s.writer.Close(); werr != nil {
+	werr := s.writer.Close()
+	// The writer does not own the transport: close its pooled connections
+	// (and their goroutines) too.
+	s.transport.CloseIdleConnections()
+	if werr != nil {
 		return fmt.Errorf("closing kafka producer: %w", werr)
 	}
 	if err != nil {
@@ -318,6 +326,9 @@ type batch struct {
 	// headers of the last record per kind, reused while the client id
 	// stays the same.
 	lastHeaders map[topic.Kind][]kafka.Header
+	// violations are the rejected records' fields, for the
+	// x-field-violations-bin trailer.
+	violations []*errdetails.BadRequest_FieldViolation
 }
 
 // add answers one validated record: rejected, duplicate within the batch,
@@ -329,6 +340,7 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 	if fe != nil {
 		res.Status, res.Reason = canvassv1.Status_STATUS_REJECTED, fe.Error()
 		rejectionsTotal.WithLabelValues(string(kind), fe.Field).Inc()
+		b.violations = append(b.violations, &errdetails.BadRequest_FieldViolation{Field: fe.Path, Description: fe.Problem})
 		return nil
 	}
 	res.Locality = int64(rec.locality)
@@ -379,7 +391,7 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 	n := len(req.GetVisits()) + len(req.GetIntentions()) + len(req.GetFollowups())
 	batchRecords.Observe(float64(n))
 	if n > s.cfg.BatchLimit {
-		return nil, status.Errorf(codes.InvalidArgument, "batch of %d records exceeds the limit of %d", n, s.cfg.BatchLimit)
+		return nil, invalidArgument("visits", fmt.Sprintf("batch of %d records (visits, intentions and followups together) exceeds the limit of %d", n, s.cfg.BatchLimit))
 	}
 	if err := s.Ready(); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
@@ -456,8 +468,37 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 	if err := s.produce(ctx, todo, traceID); err != nil {
 		return nil, err
 	}
+	setViolations(ctx, b.violations)
 	countResults(b.kinds, b.resp.Results)
 	return b.resp, nil
+}
+
+// MetadataFieldViolations is the response trailer that carries, when some
+// records were REJECTED, a google.rpc.BadRequest naming each rejected
+// field (e.g. visits[3].location.latitude) and its problem, beside the
+// per-record reasons, for clients that show the field.
+const MetadataFieldViolations = "x-field-violations-bin"
+
+// setViolations sets the MetadataFieldViolations trailer.
+func setViolations(ctx context.Context, v []*errdetails.BadRequest_FieldViolation) {
+	if len(v) == 0 {
+		return
+	}
+	raw, err := proto.Marshal(&errdetails.BadRequest{FieldViolations: v})
+	if err != nil {
+		return
+	}
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(MetadataFieldViolations, string(raw)))
+}
+
+// invalidArgument is INVALID_ARGUMENT with a google.rpc.BadRequest naming
+// the field.
+func invalidArgument(field, desc string) error {
+	st := status.New(codes.InvalidArgument, field+": "+desc)
+	if d, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: desc}}}); err == nil {
+		st = d
+	}
+	return st.Err()
 }
 
 // countResults adds a request's results to recordsTotal, one counter

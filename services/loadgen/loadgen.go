@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -46,6 +47,9 @@ type Config struct {
 	// order, instead of generated ones (see Encode); Records is then the
 	// number of records they hold.
 	Requests [][]byte
+	// Token, when set, is sent as "authorization: Bearer <Token>" with
+	// every Submit (ingest with authentication on).
+	Token string
 }
 
 // RegisterFlags registers the load generator's flags on fs under prefix.
@@ -56,6 +60,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Float64Var(&c.Rate, prefix+".rate", 0, "Records per second offered, spread over the clients; 0 submits as fast as the clients can.")
 	fs.IntVar(&c.Clients, prefix+".clients", 16, "Concurrent clients, each with its own connection.")
 	fs.IntVar(&c.BatchSize, prefix+".batch-size", 100, "Records per Submit.")
+	fs.StringVar(&c.Token, prefix+".token", "", "Bearer token sent with every Submit (chapper token issue), for ingest with authentication on.")
 	fs.StringVar(&c.Kind, prefix+".kind", "visits", "Records to generate: visits, intentions, followups or mixed.")
 	fs.DurationVar(&c.Timeout, prefix+".timeout", 10*time.Second, "Deadline of each Submit.")
 	fs.BoolVar(&c.Pregenerate, prefix+".pregenerate", false, "Build and encode every request before starting the clock (memory: about 300 bytes per record).")
@@ -221,6 +226,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 					begin = time.Now()
 				}
 				cctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+				if cfg.Token != "" {
+					cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+cfg.Token)
+				}
 				var (
 					resp *canvassv1.SubmitResponse
 					err  error

@@ -67,7 +67,7 @@ export interface RecordOutcome {
 
 const KIND_ORDER: RecordKind[] = ["visit", "intention", "followup"];
 
-/** isFinal reports whether a status ends a record's time in the queue. */
+/** isGone reports whether a status removes a record from the queue. */
 function isGone(s: Status): boolean {
   return s === Status.ACCEPTED || s === Status.DUPLICATE;
 }

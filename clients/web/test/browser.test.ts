@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { createChapperClient } from "../src/client.js";
-import { startDev, waitFor, type Dev } from "./dev.js";
+import { chapper, startDev, waitFor, type Dev } from "./dev.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 /** artefacts is where screenshots go: $CHAPPER_WEB_ARTEFACTS, or var/web-artefacts of the checkout. */
@@ -22,9 +22,11 @@ describe("the page in chromium", { skip: existsSync(CHROMIUM) ? false : `${CHROM
   let profile: string;
   let ctx: BrowserContext;
   let page: Page;
+  let token: string;
 
   before(async () => {
-    dev = await startDev(["-target=ingest,query,timeline"]);
+    dev = await startDev(["-target=ingest,query,timeline", "-auth"]);
+    token = (await chapper("token", "issue", `-auth.keys-dir=${dev.endpoints["auth"]}`, "-canvasser=c-browser", "-role=canvasser", "-ttl=10m")).stdout.trim();
     profile = mkdtempSync(join(tmpdir(), "chapper-chromium-"));
     ctx = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
@@ -45,6 +47,10 @@ describe("the page in chromium", { skip: existsSync(CHROMIUM) ? false : `${CHROM
   async function open(lat: number, lon: number): Promise<void> {
     await page.goto(`${dev.grpcUrl}/app/?lat=${lat}&lon=${lon}`);
     await page.waitForSelector("body[data-ready=true]");
+  }
+
+  async function openLive(lat: number, lon: number): Promise<void> {
+    await open(lat, lon);
     await page.getByTestId("live").filter({ hasText: /^live$/ }).waitFor({ timeout: 20_000 });
   }
 
@@ -55,8 +61,14 @@ describe("the page in chromium", { skip: existsSync(CHROMIUM) ? false : `${CHROM
   test("records a visit and sees it arrive in the live timeline", async () => {
     await open(55.9533, -3.1883);
     assert.equal(await page.getByTestId("cell").textContent(), "locality 52543256811 · chunk 2101715362");
-    await page.getByTestId("canvasser").fill("c-browser");
+    // The server runs with authentication: without a token the watch is refused...
+    await page.getByTestId("live").filter({ hasText: /Unauthenticated/ }).waitFor({ timeout: 20_000 });
+    // ...and the page signs in with one
+    // (kept in localStorage for the tests after this one).
+    await page.getByTestId("token").fill(token);
     await page.getByTestId("signin").click();
+    await page.getByTestId("signed-in").filter({ hasText: "signed in as c-browser (canvasser)" }).waitFor();
+    await page.getByTestId("live").filter({ hasText: /^live$/ }).waitFor({ timeout: 20_000 });
     // Pick a cell on the map: the middle one of the 5 × 5.
     const box = (await page.getByTestId("grid").boundingBox())!;
     await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
@@ -80,7 +92,7 @@ describe("the page in chromium", { skip: existsSync(CHROMIUM) ? false : `${CHROM
   });
 
   test("a visit queued while Submit cannot get through survives a reload in IndexedDB and is sent after", async () => {
-    await open(55.9601, -3.1702);
+    await openLive(55.9601, -3.1702);
     // Submit fails at the network layer; the page itself still loads.
     await page.route("**/canvass.v1.IngestService/Submit", (r) => r.abort("internetdisconnected"));
     await page.getByTestId("dwelling").fill("EH2-OFF-1");
@@ -98,7 +110,7 @@ describe("the page in chromium", { skip: existsSync(CHROMIUM) ? false : `${CHROM
   });
 
   test("corrects a visit: a new record that replaces the old one", async () => {
-    await open(55.9533, -3.1883);
+    await openLive(55.9533, -3.1883);
     const old = page.getByTestId("timeline").locator("li", { hasText: "EH1-1AA-42" }).first();
     await old.waitFor();
     const oldId = await old.getAttribute("data-id");
@@ -113,7 +125,7 @@ describe("the page in chromium", { skip: existsSync(CHROMIUM) ? false : `${CHROM
     // The replaced visit is shown struck through.
     await page.locator(`[data-testid=timeline] li.replaced[data-id="${oldId}"]`).waitFor();
     // The map's counters follow the server's after the live events.
-    const query = createChapperClient({ baseUrl: dev.grpcUrl }).query;
+    const query = createChapperClient({ baseUrl: dev.grpcUrl, token: () => token }).query;
     const want = await waitFor("the server's counters to count the correction", async () => {
       const r = await query.getChunk({ location: { latitude: 55.9525, longitude: -3.1875 } });
       const l = r.localities.find((x) => x.locality === 52542896812n);

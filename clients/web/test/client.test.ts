@@ -19,6 +19,7 @@ import {
   createChapperClient,
   localityOf,
   regionOf,
+  retryDelayMs,
   uuidv7,
   watchChunk,
   type ChapperClient,
@@ -150,12 +151,12 @@ describe("against chapper dev", () => {
       proxy.setMode("up");
       await waitFor("the queue to empty", async () => (await q.status()).unsent === 0);
       assert.equal((await q.status()).lastError, "");
-      const chunk = await client.query.getChunk({ location: at });
-      const ids = chunk.localities.flatMap((l) => l.entries.map((e) => e.id));
-      await waitFor("the visit in GetChunk", async () =>
-        (await client.query.getChunk({ location: at })).localities.some((l) => l.entries.some((e) => e.id === id)),
-      );
-      assert.ok(ids.filter((x) => x === id).length <= 1);
+      const entries = await waitFor("the visit in GetChunk", async () => {
+        const es = (await client.query.getChunk({ location: at })).localities.flatMap((l) => l.entries);
+        return es.some((e) => e.id === id) ? es : undefined;
+      });
+      assert.equal(entries.filter((e) => e.id === id).length, 1, "stored once");
+      assert.equal(entries.length, 1, "the failed attempts left nothing else");
     } finally {
       await q.stop();
       await proxy.close();
@@ -285,30 +286,91 @@ describe("against chapper dev", () => {
 describe("with authentication (chapper dev -auth)", async () => {
   const help = await chapperHelp("dev");
   const missing = !/^\s+-auth\b/m.test(help)
-    ? "chapper dev has no -auth flag yet (issue 11: the auth branch's JWT authentication is not merged)"
-    : "";
-  test("auth failure: UNAUTHENTICATED without a valid token; the queue keeps its records until a new token", { skip: missing || false }, async () => {
-    const dev = await startDev(["-target=ingest,query,timeline", "-auth"]);
+    ? "chapper dev has no -auth flag (issue 11: the auth branch's JWT authentication is not merged)"
+    : /-ingest\.rate-limit\b/.test(help)
+      ? ""
+      : "chapper dev has no -ingest.rate-limit flag (issue 11: the auth branch's rate limits are not merged)";
+  let dev: Dev;
+  const issue = async (canvasser: string, role = "canvasser") =>
+    (await chapper("token", "issue", `-auth.keys-dir=${dev.endpoints["auth"]}`, `-canvasser=${canvasser}`, `-role=${role}`, "-ttl=10m")).stdout.trim();
+  before(async () => {
+    if (missing) return;
+    // Two records per second per canvasser, burst two (the server wants the burst to hold a full batch).
+    dev = await startDev(["-target=ingest,query,timeline", "-auth", "-ingest.rate-limit=2", "-ingest.rate-burst=2", "-ingest.batch-limit=2"]);
+  });
+  after(async () => {
+    if (dev) assert.equal(await dev.stop(), 0, "chapper dev -auth exit code");
+  });
+
+  test("auth failure: UNAUTHENTICATED or PERMISSION_DENIED; the queue keeps its records until a new token", { skip: missing || false }, async () => {
+    let token = "not-a-jwt";
+    const c = createChapperClient({ baseUrl: dev.grpcUrl, token: () => token });
+    await assert.rejects(c.ingest.submit({ visits: [visit(freshPoint())] }), (e: unknown) => ConnectError.from(e).code === Code.Unauthenticated);
+    token = "";
+    await assert.rejects(c.ingest.submit({ visits: [visit(freshPoint())] }), (e: unknown) => ConnectError.from(e).code === Code.Unauthenticated);
+    token = await issue("c-reader", "reader");
+    await assert.rejects(c.ingest.submit({ visits: [visit(freshPoint())] }), (e: unknown) => ConnectError.from(e).code === Code.PermissionDenied);
+
+    let calls = 0;
+    const q = new OfflineQueue({ store: new MemoryStore(), submit: (r, o) => (calls++, c.ingest.submit(r, o)), minBackoffMs: 50 });
+    const at = freshPoint();
+    const id = await q.addVisit(visit(at, { canvasserId: "" }));
+    q.start();
     try {
-      let token = "not-a-jwt";
-      const c = createChapperClient({ baseUrl: dev.grpcUrl, token: () => token });
-      await assert.rejects(c.ingest.submit({ visits: [visit(freshPoint())] }), (e: unknown) => ConnectError.from(e).code === Code.Unauthenticated);
-      const q = new OfflineQueue({ store: new MemoryStore(), submit: (r, o) => c.ingest.submit(r, o), minBackoffMs: 100 });
-      const at = freshPoint();
-      const id = await q.addVisit(visit(at, { canvasserId: "" }));
-      q.start();
       await waitFor("the queue to wait for a token", async () => (await q.status()).waitingForToken);
-      assert.equal((await q.status()).unsent, 1);
-      token = (await chapper("token", "issue", `-dev.dir=${dev.dir}`, "-canvasser=c-web", "-role=canvasser", "-ttl=10m")).stdout.trim();
+      const s = await q.status();
+      assert.equal(s.unsent, 1);
+      assert.match(s.lastError, /^PermissionDenied/);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(calls, 1, "no retries with a token the server refused");
+      token = await issue("c-web");
       q.wake();
       await waitFor("the queue to empty after signing in", async () => (await q.status()).unsent === 0);
-      await q.stop();
-      assert.ok(id);
     } finally {
-      assert.equal(await dev.stop(), 0);
+      await q.stop();
     }
+    // The server took the canvasser from the token.
+    const r = await waitFor("the visit in GetChunk", async () =>
+      (await c.query.getChunk({ location: at })).localities.flatMap((l) => l.entries).find((e) => e.id === id),
+    );
+    assert.equal(r.record?.kind.case === "visit" && r.record.kind.value.canvasserId, "c-web");
   });
-  test("rate limit: RESOURCE_EXHAUSTED with retry advice is retried later, nothing lost", { skip: missing || false }, async () => {
-    assert.fail("not written yet: waiting for the auth branch's rate-limit flags");
+
+  test("rate limit: RESOURCE_EXHAUSTED with retry advice; the queue waits as advised and loses nothing", { skip: missing || false }, async () => {
+    const token = await issue("c-rate");
+    const c = createChapperClient({ baseUrl: dev.grpcUrl, token: () => token });
+    const at = freshPoint();
+    let refused: ConnectError | undefined;
+    for (let i = 0; i < 6 && !refused; i++) {
+      try {
+        await c.ingest.submit({ visits: [visit(at, { canvasserId: "" })] });
+      } catch (e) {
+        refused = ConnectError.from(e);
+      }
+    }
+    assert.equal(refused?.code, Code.ResourceExhausted, `want RESOURCE_EXHAUSTED within 6 quick submits, got ${refused}`);
+    const advised = retryDelayMs(refused!);
+    assert.ok(advised !== undefined && advised > 0, `RetryInfo delay ${advised}`);
+
+    await new Promise((r) => setTimeout(r, 1100)); // let the bucket refill
+    // minBackoffMs 20: a first wait over 100 ms can only come from the server's RetryInfo.
+    const q = new OfflineQueue({ store: new MemoryStore(), submit: (r, o) => c.ingest.submit(r, o), batchSize: 2, minBackoffMs: 20, maxBackoffMs: 3000 });
+    let firstWait: number | undefined;
+    q.subscribe((s) => {
+      if (firstWait === undefined && s.lastError.startsWith("ResourceExhausted") && s.nextRetryAt) firstWait = s.nextRetryAt - Date.now();
+    });
+    const accepted = new Set<string>();
+    q.onResults((os) => os.forEach((o) => o.status === Status.ACCEPTED && accepted.add(o.id)));
+    const ids: string[] = [];
+    for (let i = 0; i < 6; i++) ids.push(await q.addVisit(visit(at, { canvasserId: "" })));
+    q.start();
+    try {
+      await waitFor("all six sent despite the limit", async () => (await q.status()).unsent === 0, 30_000);
+    } finally {
+      await q.stop();
+    }
+    assert.ok(firstWait !== undefined, "the queue met the rate limit");
+    assert.ok(firstWait! >= 100, `first wait after RESOURCE_EXHAUSTED ${firstWait} ms: the RetryInfo advice was ignored`);
+    assert.deepEqual([...accepted].sort(), [...ids].sort());
   });
 });

@@ -1,0 +1,128 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chapper/chapper/services/auth"
+	"github.com/chapper/chapper/services/devstack/devtest"
+	"github.com/chapper/chapper/services/loadgen"
+)
+
+// Workload of BenchmarkIngestAuth: the ingest benchmark's clients and
+// batches, fewer records per round (two configurations alternate).
+const (
+	benchAuthRecords = 60_000
+	benchAuthRounds  = 3
+)
+
+// BenchmarkIngestAuth measures, in one run against one in-process kfake
+// broker, Submit with authentication (ES256 token checked per call), the
+// limits (per-canvasser token bucket, in-flight count) and the shared id
+// store (a private redis-server) on, next to Submit with all of them off
+// (the baseline), alternating rounds (median of three each, since this
+// machine is shared). The token is an operator's (its records name many
+// canvassers) and the rate limit is set far above the offered load, so the
+// limits are paid for but never refuse. The id store's own cost is printed
+// separately: redis-server's CPU time (from /proc/<pid>/stat) per record.
+func BenchmarkIngestAuth(b *testing.B) {
+	for range b.N {
+		k := devtest.Kafka(b)
+		rd := devtest.NewRedis(b)
+		opts, is := testAuth(b)
+		off := startIngest(b, k.Addr(), func(c *Config) { c.RatePerCanvasser, c.MaxInFlight = 0, 0 })
+		on := startIngestWith(b, k.Addr(), opts, withStore(rd.Addr(), "bench:"), func(c *Config) {
+			c.RatePerCanvasser, c.RateBurst = 1e9, 1e6
+		})
+		token, err := is.Issue("bench-operator", auth.RoleOperator, time.Hour, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pid, err := redisPid(rd.DataDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		rng := rand.New(rand.NewPCG(5, 6))
+		run := func(addr, tok string) (float64, time.Duration) {
+			reqs, err := loadgen.Encode(rng, "visits", benchAuthRecords, benchBatch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cpu0 := cpuTime()
+			res, err := loadgen.Run(ctx, loadgen.Config{
+				Addr: addr, Records: benchAuthRecords, Clients: benchClients, BatchSize: benchBatch,
+				Kind: "visits", Timeout: 10 * time.Second, Requests: reqs, Token: tok,
+			})
+			if err != nil || res.Failed > 0 || res.Accepted != benchAuthRecords {
+				b.Fatalf("run against %s: %v; %v", addr, err, res)
+			}
+			return res.PerSecond(), cpuTime() - cpu0
+		}
+		var offRates, onRates []float64
+		var offCPU, onCPU, redisCPU time.Duration
+		for range benchAuthRounds {
+			r, c := run(off.addr, "")
+			offRates, offCPU = append(offRates, r), offCPU+c
+			rc0, err := procCPU(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			r, c = run(on.addr, token)
+			rc1, err := procCPU(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			onRates, onCPU, redisCPU = append(onRates, r), onCPU+c, redisCPU+rc1-rc0
+		}
+		cancel()
+		perRec := func(d time.Duration) float64 { return float64(d) / 1e3 / (benchAuthRounds * benchAuthRecords) }
+		offRate, onRate := median(offRates), median(onRates)
+		b.ReportMetric(onRate, "on-records/s")
+		b.ReportMetric(offRate, "off-records/s")
+		b.ReportMetric(100*onRate/offRate, "on-%-of-off")
+		b.ReportMetric(perRec(onCPU), "on-cpu-us/record")
+		b.ReportMetric(perRec(offCPU), "off-cpu-us/record")
+		b.ReportMetric(perRec(redisCPU), "idstore-redis-cpu-us/record")
+		fmt.Printf("ingest with auth + limits + shared id store: %.0f rec/s = %.0f%% of ingest with them off %.0f rec/s (target >= 80%%; %d clients, batches of %d, median of %d rounds: on %s, off %s)\n",
+			onRate, 100*onRate/offRate, offRate, benchClients, benchBatch, benchAuthRounds, rates(onRates), rates(offRates))
+		fmt.Printf("CPU per record of this process (clients + ingest + broker): on %.1f us, off %.1f us\n", perRec(onCPU), perRec(offCPU))
+		fmt.Printf("id store's own cost: redis-server %.1f us CPU per record (on top of the above), %.0f%% of a core at the on rate\n",
+			perRec(redisCPU), perRec(redisCPU)*onRate/1e4)
+	}
+}
+
+// redisPid reads the pid of the redis-server keeping its data in dir.
+func redisPid(dir string) (int, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "redis.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("reading redis-server pid: %w", err)
+	}
+	return strconv.Atoi(strings.TrimSpace(string(raw)))
+}
+
+// procCPU returns the CPU time (user + system) process pid used so far,
+// from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s).
+func procCPU(pid int) (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading redis-server CPU time: %w", err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	rest := string(raw[strings.LastIndexByte(string(raw), ')')+2:])
+	f := strings.Fields(rest) // f[0] is field 3
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("parsing /proc/%d/stat", pid)
+	}
+	const tick = 10 * time.Millisecond // CLK_TCK = 100 on Linux
+	return time.Duration(utime+stime) * tick, nil
+}
