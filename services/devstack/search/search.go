@@ -113,6 +113,10 @@ type sortSpec struct {
 	class   sortClass
 	kind    valueKind
 	intSort bool // integer, short or byte: Lucene sorts them as int
+
+	format   string       // the sort's "format" (date fields): sort values rendered in it
+	fmt      *dateFormats // parsed format
+	fieldFmt *dateFormats // the field's mapping format, for search_after strings
 }
 
 // sortVal is one sort key of a hit.
@@ -188,6 +192,9 @@ func (sp *sortSpec) render(v *sortVal) any {
 			return nil
 		}
 		return v.s
+	}
+	if sp.fmt != nil {
+		return sp.fmt.format(v.n, time.UTC)
 	}
 	if sp.kind == kindDouble {
 		f := floatFromSortable(v.n)
@@ -454,7 +461,14 @@ func parseSort(v any) ([]*sortSpec, *esError) {
 							sp.mode = s
 						case "unmapped_type":
 							sp.unmappedType, _ = pv.(string)
-						case "numeric_type", "format", "nested":
+						case "format":
+							s, _ := pv.(string)
+							f, ferr := parseDateFormats(s)
+							if s == "" || ferr != nil {
+								return nil, unsupported("parsing_exception", fmt.Sprintf("sort format [%v]", pv))
+							}
+							sp.format, sp.fmt = s, f
+						case "numeric_type", "nested":
 							return nil, unsupported("parsing_exception", "sort parameter ["+k+"]")
 						default:
 							return nil, parsingError("[field_sort] unknown field [%s]", k)
@@ -781,6 +795,9 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 		}
 		sp.kind = k
 		sp.intSort = isIntType(f.Type)
+		if f.formats != nil {
+			sp.fieldFmt = f.formats
+		}
 	}
 	if sp.kind == kindNone {
 		if sp.unmappedType == "" && len(mappings) == 0 {
@@ -797,6 +814,9 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 		if sp.kind == kindNone {
 			return unsupported("illegal_argument_exception", "sort unmapped_type ["+sp.unmappedType+"]")
 		}
+	}
+	if sp.fmt != nil && sp.kind != kindDate {
+		return unsupported("illegal_argument_exception", "sort [format] on field ["+sp.field+"], which is not a date")
 	}
 	if sp.kind == kindString {
 		sp.class = sortString
@@ -848,8 +868,15 @@ func parseAfterValue(sp *sortSpec, v any) (sortVal, *esError) {
 		}
 	case kindDate:
 		if s, ok := v.(string); ok {
-			if _, err := strconv.ParseInt(s, 10, 64); err != nil {
-				f, _ := parseDateFormats("")
+			if _, err := strconv.ParseInt(s, 10, 64); err != nil || sp.fmt != nil {
+				// strings are read in the sort's format, else in the field's
+				f := sp.fmt
+				if f == nil {
+					f = sp.fieldFmt
+				}
+				if f == nil {
+					f, _ = parseDateFormats("")
+				}
 				ms, err := f.parse(s, time.UTC, false)
 				if err != nil {
 					return bad()
@@ -1171,6 +1198,11 @@ func (e *searchExec) renderHit(h *hit) (obj, *esError) {
 	if e.req.explicitSort {
 		vals := make([]any, len(e.req.sort))
 		for i, sp := range e.req.sort {
+			if sp.fmt != nil && (h.keys[i].n == math.MaxInt64 || h.keys[i].n == math.MinInt64) {
+				// Elasticsearch formats Long.MAX_VALUE as a date of year
+				// 292278994; rather than risk a different rendering, refuse
+				return nil, unsupported("illegal_argument_exception", "sort [format] on field ["+sp.field+"] when a hit is missing the field")
+			}
 			vals[i] = sp.render(&h.keys[i])
 		}
 		o = append(o, kv{"sort", vals})
