@@ -158,6 +158,12 @@ func (f *rawField) Analyze() {
 	f.length = len(f.terms)
 }
 
+// scaled is the value a scaled_float keeps of v: Java's Math.round(v *
+// factor) (half up), divided by the factor again.
+func scaled(v, factor float64) float64 {
+	return math.Floor(v*factor+0.5) / factor
+}
+
 // roundHalf rounds f to the nearest IEEE 754 binary16 value (ties to
 // even), what Elasticsearch keeps of a half_float; beyond 65504 it is
 // infinite.
@@ -266,7 +272,7 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 			}
 		}
 		return leafValue{s: s}, nil
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		var s string
 		switch x := v.(type) {
 		case json.Number:
@@ -285,6 +291,8 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 			fv = float64(float32(fv))
 		case typeHalfFloat:
 			fv = roundHalf(fv)
+		case typeScaledFloat:
+			fv = scaled(fv, f.ScalingFactor)
 		}
 		if math.IsInf(fv, 0) {
 			return fail("[%s] supports only finite values, but got [%s]", f.Type, s)

@@ -3,6 +3,7 @@ package search
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"sort"
 	"strconv"
@@ -28,14 +29,17 @@ const (
 	// _source only, not searchable
 	typeHalfFloat = "half_float"
 	typeBinary    = "binary"
+	// scaled_float values are held as round(value * scaling_factor) /
+	// scaling_factor, the double Elasticsearch's long encoding gives back
+	typeScaledFloat = "scaled_float"
 )
 
 var supportedTypes = []string{typeKeyword, typeText, typeLong, typeInteger, typeShort, typeByte,
-	typeDouble, typeFloat, typeHalfFloat, typeDate, typeBoolean, typeGeoPoint, typeBinary, typeObject}
+	typeDouble, typeFloat, typeHalfFloat, typeScaledFloat, typeDate, typeBoolean, typeGeoPoint, typeBinary, typeObject}
 
 // esOnlyTypes are field types Elasticsearch has and this server does not.
 var esOnlyTypes = map[string]bool{
-	"nested": true, "flattened": true, "ip": true, "scaled_float": true,
+	"nested": true, "flattened": true, "ip": true,
 	"unsigned_long": true, "date_nanos": true, "wildcard": true, "constant_keyword": true,
 	"match_only_text": true, "search_as_you_type": true, "alias": true, "dense_vector": true,
 	"sparse_vector": true, "geo_shape": true, "shape": true, "point": true,
@@ -61,6 +65,8 @@ type fieldMapping struct {
 	Analyzer    string
 	NullValue   any
 	Meta        map[string]any
+	// ScalingFactor is a scaled_float's scaling_factor.
+	ScalingFactor float64
 
 	// root only
 	DateDetection *bool
@@ -99,7 +105,7 @@ func (f *fieldMapping) kind() valueKind {
 		return kindString
 	case typeLong, typeInteger, typeShort, typeByte:
 		return kindLong
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		return kindDouble
 	case typeDate:
 		return kindDate
@@ -297,6 +303,8 @@ var allowedParams = map[string]map[string]bool{
 	typeGeoPoint: set("index", "doc_values", "ignore_malformed", "ignore_z_value", "store", "meta"),
 	typeObject:   set("properties", "dynamic", "enabled"),
 	typeBinary:   set("doc_values", "store", "meta"),
+	typeScaledFloat: set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta",
+		"scaling_factor"),
 }
 
 func set(xs ...string) map[string]bool {
@@ -396,6 +404,12 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 			if k == "analyzer" {
 				f.Analyzer = s
 			}
+		case "scaling_factor":
+			sf, ok := toFloat(pv)
+			if !ok || !(sf > 0) || math.IsInf(sf, 0) {
+				return nil, mappingError("[scaling_factor] must be a positive number, got [%v]", pv)
+			}
+			f.ScalingFactor = sf
 		case "null_value":
 			f.NullValue = pv
 		case "fields":
@@ -436,6 +450,9 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 		if err != nil {
 			return nil, err
 		}
+	}
+	if f.Type == typeScaledFloat && f.ScalingFactor == 0 {
+		return nil, mappingError("Failed to parse mapping: Field [scaling_factor] is required")
 	}
 	if f.Type == typeDate && f.formats == nil {
 		f.formats, _ = parseDateFormats("")
@@ -512,6 +529,9 @@ func mergeLeaf(df, sf *fieldMapping, path string, override bool) *esError {
 			return err
 		}
 		if err := conflict("null_value", df.NullValue, sf.NullValue); err != nil {
+			return err
+		}
+		if err := conflict("scaling_factor", df.ScalingFactor, sf.ScalingFactor); err != nil {
 			return err
 		}
 		df.IgnoreAbove = sf.IgnoreAbove
@@ -614,6 +634,9 @@ func (f *fieldMapping) render(root bool) obj {
 			o = append(o, kv{"properties", props})
 		}
 		return o
+	}
+	if f.ScalingFactor != 0 {
+		o = append(o, kv{"scaling_factor", f.ScalingFactor})
 	}
 	if f.Analyzer != "" {
 		o = append(o, kv{"analyzer", f.Analyzer})

@@ -959,10 +959,13 @@ func (c *compileCtx) numericTerm(f *fieldMapping, field string, v any) (int64, b
 			return 0, false, queryError("failed to create query: %v", err)
 		}
 		return ms, true, nil
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
 			return 0, false, queryError("failed to create query: For input string: \"%v\"", v)
+		}
+		if f.Type == typeScaledFloat {
+			return sortableFloat(scaled(fv, f.ScalingFactor)), true, nil
 		}
 		// Elasticsearch parses the value as a float and rounds it as the
 		// field's values were rounded, so 2.5000001 finds a float 2.5
@@ -1200,10 +1203,27 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 			return 0, false, queryError("failed to create query: %v", perr)
 		}
 		return adjustBound(ms, upper, inclusive)
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
 			return 0, false, queryError("failed to create query: For input string: \"%v\"", v)
+		}
+		if f.Type == typeScaledFloat {
+			// Elasticsearch's bounds on the scaled long: ceil of the lower,
+			// floor of the upper (after nextUp/nextDown when exclusive)
+			d := fv * f.ScalingFactor
+			if upper {
+				if !inclusive {
+					d = math.Nextafter(d, math.Inf(-1))
+				}
+				d = math.Floor(d)
+			} else {
+				if !inclusive {
+					d = math.Nextafter(d, math.Inf(1))
+				}
+				d = math.Ceil(d)
+			}
+			return sortableFloat(d / f.ScalingFactor), false, nil
 		}
 		// bounds are parsed as floats; against the rounded values of a
 		// half_float an unrounded bound selects what Elasticsearch's
