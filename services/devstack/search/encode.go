@@ -629,6 +629,24 @@ func (b *docBuilder) leaf(fm *fieldMapping, path string, v any) *esError {
 				return err
 			}
 		}
+		// copy_to indexes the value into each target (and its
+		// multi-fields) as if the document held it there; it does not
+		// chain, and _source is unchanged
+		for _, target := range fm.CopyTo {
+			tf := b.m.field(target)
+			if tf == nil || tf.isObject() {
+				return newError(http.StatusBadRequest, "document_parsing_exception",
+					"unsupported by the embedded search server: [copy_to] target [%s] of field [%s] is not a mapped field", target, path)
+			}
+			if err := b.addValue(tf, target, raw); err != nil {
+				return err
+			}
+			for sub, sf := range tf.Fields {
+				if err := b.addValue(sf, target+"."+sub, raw); err != nil {
+					return err
+				}
+			}
+		}
 	}
 	return nil
 }

@@ -67,6 +67,8 @@ type fieldMapping struct {
 	Meta        map[string]any
 	// ScalingFactor is a scaled_float's scaling_factor.
 	ScalingFactor float64
+	// CopyTo are the fields the values are also indexed into (copy_to).
+	CopyTo []string
 
 	// root only
 	DateDetection *bool
@@ -295,16 +297,16 @@ func checkFieldName(name string) *esError {
 // allowedParams lists the mapping parameters accepted per type. Parameters
 // Elasticsearch knows that would change results here are refused instead.
 var allowedParams = map[string]map[string]bool{
-	typeKeyword:  set("index", "doc_values", "ignore_above", "null_value", "norms", "fields", "store", "meta", "eager_global_ordinals", "similarity"),
-	typeText:     set("index", "analyzer", "search_analyzer", "fields", "norms", "store", "meta", "index_options", "fielddata", "eager_global_ordinals", "similarity"),
-	typeLong:     set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta"),
-	typeDate:     set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta"),
-	typeBoolean:  set("index", "doc_values", "null_value", "fields", "store", "meta"),
+	typeKeyword:  set("index", "doc_values", "ignore_above", "null_value", "norms", "fields", "store", "meta", "eager_global_ordinals", "similarity", "copy_to"),
+	typeText:     set("index", "analyzer", "search_analyzer", "fields", "norms", "store", "meta", "index_options", "fielddata", "eager_global_ordinals", "similarity", "copy_to"),
+	typeLong:     set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeDate:     set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeBoolean:  set("index", "doc_values", "null_value", "fields", "store", "meta", "copy_to"),
 	typeGeoPoint: set("index", "doc_values", "ignore_malformed", "ignore_z_value", "store", "meta"),
 	typeObject:   set("properties", "dynamic", "enabled"),
 	typeBinary:   set("doc_values", "store", "meta"),
 	typeScaledFloat: set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta",
-		"scaling_factor"),
+		"scaling_factor", "copy_to"),
 }
 
 func set(xs ...string) map[string]bool {
@@ -403,6 +405,24 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 			}
 			if k == "analyzer" {
 				f.Analyzer = s
+			}
+		case "copy_to":
+			if multiField {
+				return nil, mappingError("[copy_to] may not be used to copy from a multi-field: [%s]", path)
+			}
+			switch x := pv.(type) {
+			case string:
+				f.CopyTo = []string{x}
+			case []any:
+				for _, e := range x {
+					s, ok := e.(string)
+					if !ok {
+						return nil, mappingError("[copy_to] must be a field name or a list of them on [%s]", path)
+					}
+					f.CopyTo = append(f.CopyTo, s)
+				}
+			default:
+				return nil, mappingError("[copy_to] must be a field name or a list of them on [%s]", path)
 			}
 		case "scaling_factor":
 			sf, ok := toFloat(pv)
@@ -535,6 +555,7 @@ func mergeLeaf(df, sf *fieldMapping, path string, override bool) *esError {
 			return err
 		}
 		df.IgnoreAbove = sf.IgnoreAbove
+		df.CopyTo = sf.CopyTo
 		if sf.Meta != nil {
 			df.Meta = sf.Meta
 		}
@@ -655,6 +676,10 @@ func (f *fieldMapping) render(root bool) obj {
 	}
 	if f.NullValue != nil {
 		o = append(o, kv{"null_value", f.NullValue})
+	}
+	if len(f.CopyTo) > 0 {
+		// Elasticsearch always echoes copy_to as a list
+		o = append(o, kv{"copy_to", f.CopyTo})
 	}
 	if f.Meta != nil {
 		o = append(o, kv{"meta", f.Meta})
