@@ -76,7 +76,12 @@ func (s *Server) runSearch(req *request, sr *searchRequest) (e *searchExec, done
 	if err != nil {
 		return nil, nil, err
 	}
-	e = &searchExec{s: s, req: sr, indices: list, now: time.Now()}
+	filters, err := s.aliasFilters(req.arg("index"), list)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	e = &searchExec{s: s, req: sr, indices: list, now: time.Now(), aliasFilters: filters}
 	done = func() {
 		e.close()
 		release()
@@ -653,6 +658,9 @@ type searchExec struct {
 	req     *searchRequest
 	indices []*esIndex
 	now     time.Time
+	// aliasFilters are the filters of the aliases an index was reached
+	// through (see Server.aliasFilters).
+	aliasFilters map[*esIndex][]qnode
 
 	k         int // hits to keep: from + size
 	needScore bool
@@ -719,7 +727,12 @@ func (e *searchExec) prepare() *esError {
 	for i, ix := range e.indices {
 		run := &indexRun{ix: ix, ord: i, m: mappings[i], aggSlots: map[*aggSpec]int{}}
 		c := &compileCtx{ix: ix, m: run.m, now: e.now}
-		q, err := c.compile(req.query)
+		root := req.query
+		if f := e.aliasFilters[ix]; len(f) > 0 {
+			// the alias filter narrows the hits without scoring
+			root = qBool{must: []qnode{root}, filter: []qnode{qBool{should: f, boost: 1}}, boost: 1}
+		}
+		q, err := c.compile(root)
 		if err != nil {
 			return searchPhaseError(err)
 		}
