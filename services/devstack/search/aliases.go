@@ -84,6 +84,11 @@ func parseAliasAction(typ string, def any) (aliasAction, *esError) {
 				return a, parsingError("[is_write_index] must be a boolean")
 			}
 			a.meta.IsWriteIndex = &b
+		case "filter":
+			var err *esError
+			if a.meta.Filter, err = parseAliasFilter(fmt.Sprint(m["alias"], m["aliases"]), v); err != nil {
+				return a, err
+			}
 		case "must_exist":
 			a.mustExit, _ = asBool(v)
 		case "is_hidden":
@@ -91,7 +96,7 @@ func parseAliasAction(typ string, def any) (aliasAction, *esError) {
 				return a, unsupported("illegal_argument_exception", "alias parameter [is_hidden: true]")
 			}
 		default:
-			return a, unsupported("illegal_argument_exception", "alias action parameter ["+k+"]", "index", "indices", "alias", "aliases", "is_write_index", "must_exist")
+			return a, unsupported("illegal_argument_exception", "alias action parameter ["+k+"]", "index", "indices", "alias", "aliases", "is_write_index", "filter", "must_exist")
 		}
 	}
 	if len(a.indices) == 0 {
@@ -183,14 +188,22 @@ func (s *Server) handleIndexAlias(req *request) *esError {
 	a := aliasAction{add: req.method != http.MethodDelete, indices: strings.Split(req.arg("index"), ","), aliases: strings.Split(req.arg("name"), ",")}
 	if a.add {
 		for k, v := range req.obj {
-			if k != "is_write_index" {
-				return unsupported("illegal_argument_exception", "alias parameter ["+k+"]", "is_write_index")
+			switch k {
+			case "is_write_index":
+				b, ok := asBool(v)
+				if !ok {
+					return parsingError("[is_write_index] must be a boolean")
+				}
+				a.meta.IsWriteIndex = &b
+			case "filter":
+				f, err := parseAliasFilter(req.arg("name"), v)
+				if err != nil {
+					return err
+				}
+				a.meta.Filter = f
+			default:
+				return unsupported("illegal_argument_exception", "alias parameter ["+k+"]", "is_write_index", "filter")
 			}
-			b, ok := asBool(v)
-			if !ok {
-				return parsingError("[is_write_index] must be a boolean")
-			}
-			a.meta.IsWriteIndex = &b
 		}
 	}
 	if err := s.applyAliasActions([]aliasAction{a}); err != nil {
@@ -265,6 +278,9 @@ func renderAliases(aliases map[string]aliasMeta) obj {
 	out := obj{}
 	for _, a := range names {
 		m := obj{}
+		if f := aliases[a].Filter; f != nil {
+			m = append(m, kv{"filter", rawJSON(f)})
+		}
 		if w := aliases[a].IsWriteIndex; w != nil {
 			m = append(m, kv{"is_write_index", *w})
 		}

@@ -85,7 +85,11 @@ func (s *Server) handleCatAliases(req *request) *esError {
 			if m.IsWriteIndex != nil {
 				w = strconv.FormatBool(*m.IsWriteIndex)
 			}
-			rows = append(rows, []string{a, ix.name, "-", "-", "-", w})
+			filter := "-"
+			if m.Filter != nil {
+				filter = "*"
+			}
+			rows = append(rows, []string{a, ix.name, filter, "-", "-", w})
 		}
 	}
 	s.mu.RUnlock()

@@ -158,6 +158,12 @@ func (f *rawField) Analyze() {
 	f.length = len(f.terms)
 }
 
+// scaled is the value a scaled_float keeps of v: Java's Math.round(v *
+// factor) (half up), divided by the factor again.
+func scaled(v, factor float64) float64 {
+	return math.Floor(v*factor+0.5) / factor
+}
+
 // roundHalf rounds f to the nearest IEEE 754 binary16 value (ties to
 // even), what Elasticsearch keeps of a half_float; beyond 65504 it is
 // infinite.
@@ -266,7 +272,7 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 			}
 		}
 		return leafValue{s: s}, nil
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		var s string
 		switch x := v.(type) {
 		case json.Number:
@@ -285,6 +291,8 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 			fv = float64(float32(fv))
 		case typeHalfFloat:
 			fv = roundHalf(fv)
+		case typeScaledFloat:
+			fv = scaled(fv, f.ScalingFactor)
 		}
 		if math.IsInf(fv, 0) {
 			return fail("[%s] supports only finite values, but got [%s]", f.Type, s)
@@ -619,6 +627,24 @@ func (b *docBuilder) leaf(fm *fieldMapping, path string, v any) *esError {
 		for sub, sf := range fm.Fields {
 			if err := b.addValue(sf, path+"."+sub, raw); err != nil {
 				return err
+			}
+		}
+		// copy_to indexes the value into each target (and its
+		// multi-fields) as if the document held it there; it does not
+		// chain, and _source is unchanged
+		for _, target := range fm.CopyTo {
+			tf := b.m.field(target)
+			if tf == nil || tf.isObject() {
+				return newError(http.StatusBadRequest, "document_parsing_exception",
+					"unsupported by the embedded search server: [copy_to] target [%s] of field [%s] is not a mapped field", target, path)
+			}
+			if err := b.addValue(tf, target, raw); err != nil {
+				return err
+			}
+			for sub, sf := range tf.Fields {
+				if err := b.addValue(sf, target+"."+sub, raw); err != nil {
+					return err
+				}
 			}
 		}
 	}

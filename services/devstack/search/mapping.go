@@ -3,6 +3,7 @@ package search
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"sort"
 	"strconv"
@@ -28,14 +29,17 @@ const (
 	// _source only, not searchable
 	typeHalfFloat = "half_float"
 	typeBinary    = "binary"
+	// scaled_float values are held as round(value * scaling_factor) /
+	// scaling_factor, the double Elasticsearch's long encoding gives back
+	typeScaledFloat = "scaled_float"
 )
 
 var supportedTypes = []string{typeKeyword, typeText, typeLong, typeInteger, typeShort, typeByte,
-	typeDouble, typeFloat, typeHalfFloat, typeDate, typeBoolean, typeGeoPoint, typeBinary, typeObject}
+	typeDouble, typeFloat, typeHalfFloat, typeScaledFloat, typeDate, typeBoolean, typeGeoPoint, typeBinary, typeObject}
 
 // esOnlyTypes are field types Elasticsearch has and this server does not.
 var esOnlyTypes = map[string]bool{
-	"nested": true, "flattened": true, "ip": true, "scaled_float": true,
+	"nested": true, "flattened": true, "ip": true,
 	"unsigned_long": true, "date_nanos": true, "wildcard": true, "constant_keyword": true,
 	"match_only_text": true, "search_as_you_type": true, "alias": true, "dense_vector": true,
 	"sparse_vector": true, "geo_shape": true, "shape": true, "point": true,
@@ -61,6 +65,10 @@ type fieldMapping struct {
 	Analyzer    string
 	NullValue   any
 	Meta        map[string]any
+	// ScalingFactor is a scaled_float's scaling_factor.
+	ScalingFactor float64
+	// CopyTo are the fields the values are also indexed into (copy_to).
+	CopyTo []string
 
 	// root only
 	DateDetection *bool
@@ -99,7 +107,7 @@ func (f *fieldMapping) kind() valueKind {
 		return kindString
 	case typeLong, typeInteger, typeShort, typeByte:
 		return kindLong
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		return kindDouble
 	case typeDate:
 		return kindDate
@@ -289,14 +297,16 @@ func checkFieldName(name string) *esError {
 // allowedParams lists the mapping parameters accepted per type. Parameters
 // Elasticsearch knows that would change results here are refused instead.
 var allowedParams = map[string]map[string]bool{
-	typeKeyword:  set("index", "doc_values", "ignore_above", "null_value", "norms", "fields", "store", "meta", "eager_global_ordinals", "similarity"),
-	typeText:     set("index", "analyzer", "search_analyzer", "fields", "norms", "store", "meta", "index_options", "fielddata", "eager_global_ordinals", "similarity"),
-	typeLong:     set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta"),
-	typeDate:     set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta"),
-	typeBoolean:  set("index", "doc_values", "null_value", "fields", "store", "meta"),
+	typeKeyword:  set("index", "doc_values", "ignore_above", "null_value", "norms", "fields", "store", "meta", "eager_global_ordinals", "similarity", "copy_to"),
+	typeText:     set("index", "analyzer", "search_analyzer", "fields", "norms", "store", "meta", "index_options", "fielddata", "eager_global_ordinals", "similarity", "copy_to"),
+	typeLong:     set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeDate:     set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeBoolean:  set("index", "doc_values", "null_value", "fields", "store", "meta", "copy_to"),
 	typeGeoPoint: set("index", "doc_values", "ignore_malformed", "ignore_z_value", "store", "meta"),
 	typeObject:   set("properties", "dynamic", "enabled"),
 	typeBinary:   set("doc_values", "store", "meta"),
+	typeScaledFloat: set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta",
+		"scaling_factor", "copy_to"),
 }
 
 func set(xs ...string) map[string]bool {
@@ -396,6 +406,30 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 			if k == "analyzer" {
 				f.Analyzer = s
 			}
+		case "copy_to":
+			if multiField {
+				return nil, mappingError("[copy_to] may not be used to copy from a multi-field: [%s]", path)
+			}
+			switch x := pv.(type) {
+			case string:
+				f.CopyTo = []string{x}
+			case []any:
+				for _, e := range x {
+					s, ok := e.(string)
+					if !ok {
+						return nil, mappingError("[copy_to] must be a field name or a list of them on [%s]", path)
+					}
+					f.CopyTo = append(f.CopyTo, s)
+				}
+			default:
+				return nil, mappingError("[copy_to] must be a field name or a list of them on [%s]", path)
+			}
+		case "scaling_factor":
+			sf, ok := toFloat(pv)
+			if !ok || !(sf > 0) || math.IsInf(sf, 0) {
+				return nil, mappingError("[scaling_factor] must be a positive number, got [%v]", pv)
+			}
+			f.ScalingFactor = sf
 		case "null_value":
 			f.NullValue = pv
 		case "fields":
@@ -436,6 +470,9 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 		if err != nil {
 			return nil, err
 		}
+	}
+	if f.Type == typeScaledFloat && f.ScalingFactor == 0 {
+		return nil, mappingError("Failed to parse mapping: Field [scaling_factor] is required")
 	}
 	if f.Type == typeDate && f.formats == nil {
 		f.formats, _ = parseDateFormats("")
@@ -514,7 +551,11 @@ func mergeLeaf(df, sf *fieldMapping, path string, override bool) *esError {
 		if err := conflict("null_value", df.NullValue, sf.NullValue); err != nil {
 			return err
 		}
+		if err := conflict("scaling_factor", df.ScalingFactor, sf.ScalingFactor); err != nil {
+			return err
+		}
 		df.IgnoreAbove = sf.IgnoreAbove
+		df.CopyTo = sf.CopyTo
 		if sf.Meta != nil {
 			df.Meta = sf.Meta
 		}
@@ -615,6 +656,9 @@ func (f *fieldMapping) render(root bool) obj {
 		}
 		return o
 	}
+	if f.ScalingFactor != 0 {
+		o = append(o, kv{"scaling_factor", f.ScalingFactor})
+	}
 	if f.Analyzer != "" {
 		o = append(o, kv{"analyzer", f.Analyzer})
 	}
@@ -632,6 +676,10 @@ func (f *fieldMapping) render(root bool) obj {
 	}
 	if f.NullValue != nil {
 		o = append(o, kv{"null_value", f.NullValue})
+	}
+	if len(f.CopyTo) > 0 {
+		// Elasticsearch always echoes copy_to as a list
+		o = append(o, kv{"copy_to", f.CopyTo})
 	}
 	if f.Meta != nil {
 		o = append(o, kv{"meta", f.Meta})

@@ -456,7 +456,21 @@ func parseGeoBox(field string, body any) (qGeoBox, *esError) {
 	if !ok {
 		return q, parsingError("[geo_bounding_box] query malformed for field [%s]", field)
 	}
-	corner := func(v any) (lat, lon float64, e *esError) {
+	// corner reads a corner; a geohash stands for its cell, whose corner
+	// on the same side (top/bottom, left/right) is taken, as Elasticsearch
+	// does
+	corner := func(v any, top, left bool) (lat, lon float64, e *esError) {
+		if gh, ok := v.(string); ok && isGeohash(gh) {
+			minLat, maxLat, minLon, maxLon := geohashCell(gh)
+			lat, lon = minLat, maxLon
+			if top {
+				lat = maxLat
+			}
+			if left {
+				lon = minLon
+			}
+			return lat, lon, nil
+		}
 		lat, lon, err := parseGeoPoint(v)
 		if err != nil {
 			return 0, 0, parsingError("[geo_bounding_box] %v", err)
@@ -468,16 +482,16 @@ func parseGeoBox(field string, body any) (qGeoBox, *esError) {
 		var err *esError
 		switch k {
 		case "top_left":
-			q.top, q.left, err = corner(v)
+			q.top, q.left, err = corner(v, true, true)
 			have["top"], have["left"] = true, true
 		case "bottom_right":
-			q.bottom, q.right, err = corner(v)
+			q.bottom, q.right, err = corner(v, false, false)
 			have["bottom"], have["right"] = true, true
 		case "top_right":
-			q.top, q.right, err = corner(v)
+			q.top, q.right, err = corner(v, true, false)
 			have["top"], have["right"] = true, true
 		case "bottom_left":
-			q.bottom, q.left, err = corner(v)
+			q.bottom, q.left, err = corner(v, false, true)
 			have["bottom"], have["left"] = true, true
 		case "top", "left", "bottom", "right":
 			f, ok := toFloat(v)
@@ -517,6 +531,51 @@ func parseGeoBox(field string, body any) (qGeoBox, *esError) {
 		return q, parsingError("top is below bottom corner: %v vs. %v", q.top, q.bottom)
 	}
 	return q, nil
+}
+
+const geohashAlphabet = "0123456789bcdefghjkmnpqrstuvwxyz"
+
+// isGeohash reports whether s is a geohash (1 to 12 base-32 characters).
+func isGeohash(s string) bool {
+	if len(s) == 0 || len(s) > 12 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(geohashAlphabet, s[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// geohashCell decodes a geohash to its cell: bits alternate longitude and
+// latitude, longitude first, each halving the range.
+func geohashCell(s string) (minLat, maxLat, minLon, maxLon float64) {
+	minLat, maxLat, minLon, maxLon = -90, 90, -180, 180
+	even := true
+	for i := 0; i < len(s); i++ {
+		c := strings.IndexByte(geohashAlphabet, s[i])
+		for bit := 4; bit >= 0; bit-- {
+			on := c>>bit&1 == 1
+			if even {
+				mid := (minLon + maxLon) / 2
+				if on {
+					minLon = mid
+				} else {
+					maxLon = mid
+				}
+			} else {
+				mid := (minLat + maxLat) / 2
+				if on {
+					minLat = mid
+				} else {
+					maxLat = mid
+				}
+			}
+			even = !even
+		}
+	}
+	return minLat, maxLat, minLon, maxLon
 }
 
 func parseWKTBBox(s string) (minLon, maxLon, maxLat, minLat float64, ok bool) {
@@ -900,10 +959,13 @@ func (c *compileCtx) numericTerm(f *fieldMapping, field string, v any) (int64, b
 			return 0, false, queryError("failed to create query: %v", err)
 		}
 		return ms, true, nil
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
 			return 0, false, queryError("failed to create query: For input string: \"%v\"", v)
+		}
+		if f.Type == typeScaledFloat {
+			return sortableFloat(scaled(fv, f.ScalingFactor)), true, nil
 		}
 		// Elasticsearch parses the value as a float and rounds it as the
 		// field's values were rounded, so 2.5000001 finds a float 2.5
@@ -1141,10 +1203,27 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 			return 0, false, queryError("failed to create query: %v", perr)
 		}
 		return adjustBound(ms, upper, inclusive)
-	case typeDouble, typeFloat, typeHalfFloat:
+	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
 			return 0, false, queryError("failed to create query: For input string: \"%v\"", v)
+		}
+		if f.Type == typeScaledFloat {
+			// Elasticsearch's bounds on the scaled long: ceil of the lower,
+			// floor of the upper (after nextUp/nextDown when exclusive)
+			d := fv * f.ScalingFactor
+			if upper {
+				if !inclusive {
+					d = math.Nextafter(d, math.Inf(-1))
+				}
+				d = math.Floor(d)
+			} else {
+				if !inclusive {
+					d = math.Nextafter(d, math.Inf(1))
+				}
+				d = math.Ceil(d)
+			}
+			return sortableFloat(d / f.ScalingFactor), false, nil
 		}
 		// bounds are parsed as floats; against the rounded values of a
 		// half_float an unrounded bound selects what Elasticsearch's

@@ -76,7 +76,12 @@ func (s *Server) runSearch(req *request, sr *searchRequest) (e *searchExec, done
 	if err != nil {
 		return nil, nil, err
 	}
-	e = &searchExec{s: s, req: sr, indices: list, now: time.Now()}
+	filters, err := s.aliasFilters(req.arg("index"), list)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	e = &searchExec{s: s, req: sr, indices: list, now: time.Now(), aliasFilters: filters}
 	done = func() {
 		e.close()
 		release()
@@ -113,6 +118,10 @@ type sortSpec struct {
 	class   sortClass
 	kind    valueKind
 	intSort bool // integer, short or byte: Lucene sorts them as int
+
+	format   string       // the sort's "format" (date fields): sort values rendered in it
+	fmt      *dateFormats // parsed format
+	fieldFmt *dateFormats // the field's mapping format, for search_after strings
 }
 
 // sortVal is one sort key of a hit.
@@ -188,6 +197,9 @@ func (sp *sortSpec) render(v *sortVal) any {
 			return nil
 		}
 		return v.s
+	}
+	if sp.fmt != nil {
+		return sp.fmt.format(v.n, time.UTC)
 	}
 	if sp.kind == kindDouble {
 		f := floatFromSortable(v.n)
@@ -454,7 +466,14 @@ func parseSort(v any) ([]*sortSpec, *esError) {
 							sp.mode = s
 						case "unmapped_type":
 							sp.unmappedType, _ = pv.(string)
-						case "numeric_type", "format", "nested":
+						case "format":
+							s, _ := pv.(string)
+							f, ferr := parseDateFormats(s)
+							if s == "" || ferr != nil {
+								return nil, unsupported("parsing_exception", fmt.Sprintf("sort format [%v]", pv))
+							}
+							sp.format, sp.fmt = s, f
+						case "numeric_type", "nested":
 							return nil, unsupported("parsing_exception", "sort parameter ["+k+"]")
 						default:
 							return nil, parsingError("[field_sort] unknown field [%s]", k)
@@ -639,6 +658,9 @@ type searchExec struct {
 	req     *searchRequest
 	indices []*esIndex
 	now     time.Time
+	// aliasFilters are the filters of the aliases an index was reached
+	// through (see Server.aliasFilters).
+	aliasFilters map[*esIndex][]qnode
 
 	k         int // hits to keep: from + size
 	needScore bool
@@ -705,7 +727,12 @@ func (e *searchExec) prepare() *esError {
 	for i, ix := range e.indices {
 		run := &indexRun{ix: ix, ord: i, m: mappings[i], aggSlots: map[*aggSpec]int{}}
 		c := &compileCtx{ix: ix, m: run.m, now: e.now}
-		q, err := c.compile(req.query)
+		root := req.query
+		if f := e.aliasFilters[ix]; len(f) > 0 {
+			// the alias filter narrows the hits without scoring
+			root = qBool{must: []qnode{root}, filter: []qnode{qBool{should: f, boost: 1}}, boost: 1}
+		}
+		q, err := c.compile(root)
 		if err != nil {
 			return searchPhaseError(err)
 		}
@@ -781,6 +808,9 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 		}
 		sp.kind = k
 		sp.intSort = isIntType(f.Type)
+		if f.formats != nil {
+			sp.fieldFmt = f.formats
+		}
 	}
 	if sp.kind == kindNone {
 		if sp.unmappedType == "" && len(mappings) == 0 {
@@ -797,6 +827,9 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 		if sp.kind == kindNone {
 			return unsupported("illegal_argument_exception", "sort unmapped_type ["+sp.unmappedType+"]")
 		}
+	}
+	if sp.fmt != nil && sp.kind != kindDate {
+		return unsupported("illegal_argument_exception", "sort [format] on field ["+sp.field+"], which is not a date")
 	}
 	if sp.kind == kindString {
 		sp.class = sortString
@@ -848,8 +881,15 @@ func parseAfterValue(sp *sortSpec, v any) (sortVal, *esError) {
 		}
 	case kindDate:
 		if s, ok := v.(string); ok {
-			if _, err := strconv.ParseInt(s, 10, 64); err != nil {
-				f, _ := parseDateFormats("")
+			if _, err := strconv.ParseInt(s, 10, 64); err != nil || sp.fmt != nil {
+				// strings are read in the sort's format, else in the field's
+				f := sp.fmt
+				if f == nil {
+					f = sp.fieldFmt
+				}
+				if f == nil {
+					f, _ = parseDateFormats("")
+				}
 				ms, err := f.parse(s, time.UTC, false)
 				if err != nil {
 					return bad()
@@ -1171,6 +1211,11 @@ func (e *searchExec) renderHit(h *hit) (obj, *esError) {
 	if e.req.explicitSort {
 		vals := make([]any, len(e.req.sort))
 		for i, sp := range e.req.sort {
+			if sp.fmt != nil && (h.keys[i].n == math.MaxInt64 || h.keys[i].n == math.MinInt64) {
+				// Elasticsearch formats Long.MAX_VALUE as a date of year
+				// 292278994; rather than risk a different rendering, refuse
+				return nil, unsupported("illegal_argument_exception", "sort [format] on field ["+sp.field+"] when a hit is missing the field")
+			}
 			vals[i] = sp.render(&h.keys[i])
 		}
 		o = append(o, kv{"sort", vals})

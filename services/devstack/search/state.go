@@ -38,6 +38,79 @@ var seqKey = []byte("chapper.next_seq_no")
 
 type aliasMeta struct {
 	IsWriteIndex *bool `json:"is_write_index,omitempty"`
+	// Filter is the alias's filter query as given (JSON); searches
+	// through the alias see only the documents it matches.
+	Filter json.RawMessage `json:"filter,omitempty"`
+}
+
+// parseAliasFilter checks an alias filter and returns it as JSON.
+func parseAliasFilter(alias string, v any) (json.RawMessage, *esError) {
+	if _, ok := v.(map[string]any); !ok {
+		return nil, badRequest("failed to parse filter for alias [%s]", alias)
+	}
+	if _, err := parseQuery(v); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, badRequest("failed to parse filter for alias [%s]: %v", alias, err)
+	}
+	return b, nil
+}
+
+// aliasFilters returns, for each index of list that expr reaches only
+// through filtered aliases, the filters of those aliases (a document
+// matching any of them is seen), as Elasticsearch resolves them: an
+// index named directly, or through an alias without a filter, has none.
+func (s *Server) aliasFilters(expr string, list []*esIndex) (map[*esIndex][]qnode, *esError) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if expr == "" || expr == "_all" || expr == "*" {
+		return nil, nil
+	}
+	var out map[*esIndex][]qnode
+	for _, ix := range list {
+		var filters []qnode
+		unfiltered := false
+		for i, part := range strings.Split(expr, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" || strings.HasPrefix(part, "-") && i > 0 {
+				continue
+			}
+			if part == "_all" || globMatch(part, ix.name) {
+				unfiltered = true
+				break
+			}
+			for a, m := range ix.aliases {
+				if !globMatch(part, a) {
+					continue
+				}
+				if m.Filter == nil {
+					unfiltered = true
+					break
+				}
+				raw, err := decodeObject(m.Filter)
+				if err != nil {
+					return nil, err
+				}
+				q, err := parseQuery(raw)
+				if err != nil {
+					return nil, err
+				}
+				filters = append(filters, q)
+			}
+			if unfiltered {
+				break
+			}
+		}
+		if !unfiltered && len(filters) > 0 {
+			if out == nil {
+				out = map[*esIndex][]qnode{}
+			}
+			out[ix] = filters
+		}
+	}
+	return out, nil
 }
 
 type indexState struct {
@@ -412,12 +485,18 @@ func parseAliasDef(name string, def any) (aliasMeta, *esError) {
 				return meta, badRequest("[is_write_index] must be a boolean")
 			}
 			meta.IsWriteIndex = &b
+		case "filter":
+			f, err := parseAliasFilter(name, v)
+			if err != nil {
+				return meta, err
+			}
+			meta.Filter = f
 		case "is_hidden":
 			if b, ok := asBool(v); !ok || b {
 				return meta, unsupported("illegal_argument_exception", "alias parameter [is_hidden: true]")
 			}
 		default:
-			return meta, unsupported("illegal_argument_exception", "alias parameter ["+k+"] on alias ["+name+"]", "is_write_index")
+			return meta, unsupported("illegal_argument_exception", "alias parameter ["+k+"] on alias ["+name+"]", "is_write_index", "filter")
 		}
 	}
 	return meta, nil
