@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -23,81 +22,22 @@ var ErrIDStore = errors.New("shared id store unavailable")
 // producing it (kept for the claim TTL at most, so a crashed instance's
 // claims expire). Every instance of ingest shares it, so DUPLICATE and
 // CONFLICT hold across instances and restarts, and of two Submits of one
-// id only the one whose claim succeeded produces it. Each key has its own
-// hash tag, so it works on Redis Cluster (the commands of a batch are
+// id only the one whose claim succeeded produces it. Claims are SET NX GET
+// (Redis 7 or later). Each key has its own hash tag and every command
+// names one key, so it works on Redis Cluster (the commands of a batch are
 // pipelined per node).
 type idStore struct {
-	client redis.UniversalClient
-	// multi: one script call takes a whole batch's keys (a single server);
-	// on a Redis Cluster the keys of a batch lie in many slots, so each
-	// key gets its own call in one pipeline.
-	multi    bool
+	client   redis.UniversalClient
 	prefix   string
 	ttl      time.Duration
 	claimTTL time.Duration
 }
 
-// Lua scripts, one key each (cluster-safe).
-var (
-	// claimScript sets the in-flight claim when the id is unknown and
-	// answers "c"; otherwise it answers what the key holds.
-	claimScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
-return 'c'`)
-	// ackScript records the acknowledgement: the record is on Kafka, so it
-	// wins even over a claim that expired and was taken by another owner.
-	ackScript = redis.NewScript(`
-redis.call('SET', KEYS[1], 'a' .. ARGV[1], 'PX', ARGV[2])
-return 1`)
-	// releaseScript drops the caller's own claim, and nothing else.
-	releaseScript = redis.NewScript(`
+// releaseScript drops the caller's own claim, and nothing else.
+var releaseScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0`)
-)
-
-// The same three for a whole batch in one call (single server only).
-var (
-	claimManyScript = redis.NewScript(`
-local out = {}
-for i, k in ipairs(KEYS) do
-  local v = redis.call('GET', k)
-  if v then out[i] = v else
-    redis.call('SET', k, 'p' .. ARGV[1] .. '|' .. ARGV[i + 2], 'PX', ARGV[2])
-    out[i] = 'c'
-  end
-end
-return out`)
-	ackManyScript = redis.NewScript(`
-for i, k in ipairs(KEYS) do redis.call('SET', k, 'a' .. ARGV[i + 1], 'PX', ARGV[1]) end
-return 1`)
-	releaseManyScript = redis.NewScript(`
-for i, k in ipairs(KEYS) do
-  local v = redis.call('GET', k)
-  if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', k) end
-end
-return 1`)
-)
-
-// runMany evaluates script once over every key of ids, loading it when the
-// server does not have it.
-func (s *idStore) runMany(ctx context.Context, doing string, script *redis.Script, ids []uuid.UUID, args []any) (*redis.Cmd, error) {
-	start := time.Now()
-	defer func() { idStoreSeconds.WithLabelValues(doing).Observe(time.Since(start).Seconds()) }()
-	keys := make([]string, len(ids))
-	for k, id := range ids {
-		keys[k] = s.key(id)
-	}
-	// Run tries EVALSHA, then EVAL (which caches the script) on NOSCRIPT.
-	cmd := script.Run(ctx, s.client, keys, args...)
-	if err := cmd.Err(); err != nil {
-		idStoreErrorsTotal.WithLabelValues(doing).Inc()
-		return nil, fmt.Errorf("%w: %s %d ids: %v", ErrIDStore, doing, len(ids), err)
-	}
-	return cmd, nil
-}
 
 // claimState is the answer of the store for one id.
 type claimState int
@@ -165,73 +105,61 @@ func (s *idStore) run(ctx context.Context, doing string, script *redis.Script, i
 }
 
 // claim claims each id whose stamp is stamps[k] for owner, or answers
-// what the store knows of it.
+// what the store knows of it: one SET NX GET per id (Redis 7), pipelined,
+// so a batch costs one round trip per node and no script.
 func (s *idStore) claim(ctx context.Context, owner string, ids []uuid.UUID, stamps []string) ([]idAnswer, error) {
-	ttl := strconv.FormatInt(s.claimTTL.Milliseconds(), 10)
+	start := time.Now()
+	defer func() { idStoreSeconds.WithLabelValues("claim").Observe(time.Since(start).Seconds()) }()
 	mine := "p" + owner + "|"
-	vals := make([]string, len(ids))
-	if s.multi {
-		args := make([]any, 0, 2+len(ids))
-		args = append(args, owner, ttl)
-		for _, st := range stamps {
-			args = append(args, st)
-		}
-		cmd, err := s.runMany(ctx, "claim", claimManyScript, ids, args)
-		if err != nil {
-			return nil, err
-		}
-		got, err := cmd.StringSlice()
-		if err != nil || len(got) != len(ids) {
-			return nil, fmt.Errorf("%w: reading claims: %d answers for %d ids, %v", ErrIDStore, len(got), len(ids), err)
-		}
-		vals = got
-	} else {
-		cmds, err := s.run(ctx, "claim", claimScript, ids, func(k int) []any { return []any{owner, stamps[k], ttl} })
-		if err != nil {
-			return nil, err
-		}
-		for k, c := range cmds {
-			if vals[k], err = c.Text(); err != nil {
-				return nil, fmt.Errorf("%w: reading claim of %s: %v", ErrIDStore, ids[k], err)
-			}
-		}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.StatusCmd, len(ids))
+	for k, id := range ids {
+		cmds[k] = pipe.SetArgs(ctx, s.key(id), mine+stamps[k], redis.SetArgs{Mode: "NX", Get: true, TTL: s.claimTTL})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		idStoreErrorsTotal.WithLabelValues("claim").Inc()
+		return nil, fmt.Errorf("%w: claiming %d ids: %v", ErrIDStore, len(ids), err)
 	}
 	out := make([]idAnswer, len(ids))
-	for k, v := range vals {
-		// A claim of our own: the client retried a call whose first
-		// attempt did reach the server.
-		if v == "c" || strings.HasPrefix(v, mine) {
+	for k, c := range cmds {
+		v, err := c.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			out[k] = idAnswer{state: claimed} // it was not there: set now
+		case err != nil:
+			return nil, fmt.Errorf("%w: claiming %s: %v", ErrIDStore, ids[k], err)
+		case strings.HasPrefix(v, mine):
+			// A claim of our own: the client retried a pipeline whose
+			// first attempt did reach the server.
 			out[k] = idAnswer{state: claimed}
-			continue
+		default:
+			out[k] = parseValue(v)
 		}
-		out[k] = parseValue(v)
 	}
 	return out, nil
 }
 
-// ack records the ids as acknowledged with their stamps.
+// ack records the ids as acknowledged with their stamps: the records are
+// on Kafka, so this wins even over a claim that expired and was taken by
+// another owner.
 func (s *idStore) ack(ctx context.Context, ids []uuid.UUID, stamps []string) error {
-	ttl := strconv.FormatInt(s.ttl.Milliseconds(), 10)
-	if s.multi {
-		args := make([]any, 0, 1+len(ids))
-		args = append(args, ttl)
-		for _, st := range stamps {
-			args = append(args, st)
-		}
-		_, err := s.runMany(ctx, "ack", ackManyScript, ids, args)
-		return err
+	start := time.Now()
+	defer func() { idStoreSeconds.WithLabelValues("ack").Observe(time.Since(start).Seconds()) }()
+	pipe := s.client.Pipeline()
+	for k, id := range ids {
+		pipe.Set(ctx, s.key(id), "a"+stamps[k], s.ttl)
 	}
-	_, err := s.run(ctx, "ack", ackScript, ids, func(k int) []any { return []any{stamps[k], ttl} })
-	return err
+	if _, err := pipe.Exec(ctx); err != nil {
+		idStoreErrorsTotal.WithLabelValues("ack").Inc()
+		return fmt.Errorf("%w: recording %d acknowledged ids: %v", ErrIDStore, len(ids), err)
+	}
+	return nil
 }
 
-// release drops owner's claims of ids (their produce failed).
+// release drops owner's claims of ids (their produce failed): a script per
+// id, pipelined, so that only the caller's own claim goes.
 func (s *idStore) release(ctx context.Context, owner string, ids []uuid.UUID) error {
 	mine := "p" + owner + "|"
-	if s.multi {
-		_, err := s.runMany(ctx, "release", releaseManyScript, ids, []any{mine})
-		return err
-	}
 	_, err := s.run(ctx, "release", releaseScript, ids, func(int) []any { return []any{mine} })
 	return err
 }

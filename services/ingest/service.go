@@ -101,10 +101,8 @@ func New(cfg Config) (*Service, error) {
 			Addrs: addrs, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			MaxRetries: 1, PoolSize: 64,
 		})
-		_, cluster := client.(*redis.ClusterClient)
 		store = &idStore{
 			client: client,
-			multi:  !cluster,
 			prefix: cfg.RedisPrefix,
 			ttl:    cfg.IDTTL,
 			// Longer than any produce: a claim outlives its Submit only

@@ -131,6 +131,16 @@ func TestCORS(t *testing.T) {
 			}
 		})
 	}
+	t.Run("same origin with an empty list", func(t *testing.T) {
+		s := startWith(t, Config{})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		url := "http://" + s.Addr().String() + "/grpc.health.v1.Health/Check"
+		body, _ := proto.Marshal(&healthpb.HealthCheckRequest{})
+		if res, raw := webCall(t, ctx, http.DefaultClient, url, "http://"+s.Addr().String(), body); res.StatusCode != http.StatusOK || !strings.Contains(raw, "grpc-status: 0") {
+			t.Errorf("same-origin call: %s %q", res.Status, raw)
+		}
+	})
 	if _, err := New(Config{Addr: ":0", CORSOrigins: "localhost:3000"}, quietLog); err == nil {
 		t.Error("New took a CORS origin without a scheme")
 	}
