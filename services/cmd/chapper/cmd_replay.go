@@ -133,8 +133,10 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if rebuild || deleteOld {
 		return fmt.Errorf("chapper replay -rebuild: %w (replay in place without -rebuild: timeline and search documents are idempotent)", ErrNotImplemented)
 	}
-	cfg := replay.Config{Brokers: st.brokerList(), BatchSize: batchSize, Linger: linger, Resume: resume, DryRun: dryRun, Logger: log,
-		Filter: replay.Filter{Region: region}}
+	cfg := replay.Config{Brokers: st.brokerList(), BatchSize: batchSize, Linger: linger, Resume: resume, DryRun: dryRun, Logger: log}
+	if region >= 0 {
+		cfg.Filter.Region = &region
+	}
 	if cfg.From, err = replay.ParsePosition(from); err != nil {
 		return fmt.Errorf("-from: %w", err)
 	}
