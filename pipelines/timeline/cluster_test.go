@@ -191,3 +191,47 @@ func receiveEntry(ctx context.Context, t testing.TB, sub *redis.PubSub) *canvass
 	}
 	return &entry
 }
+
+// On a cluster, a correction in another locality (another slot, likely
+// another master) still takes the original off, in either order, and a
+// rebuild's dual write and switch work with the control keys in slots of
+// their own.
+func TestClusterCorrectionAndSwitch(t *testing.T) {
+	e := clusterEnv(t, timeline.Config{})
+	ctx := ctxT(t)
+	locs := clusterLocalities(t, 6)
+	for i, order := range []string{"original first", "correction first"} {
+		orig := intention("Yes", t0)
+		locate(orig, locs[2*i])
+		corr := corrects(orig, "No")
+		locate(corr, locs[2*i+1])
+		if order == "original first" {
+			e.write(t, recs(t, orig))
+			e.write(t, recs(t, corr))
+		} else {
+			e.write(t, recs(t, corr))
+			e.write(t, recs(t, orig))
+		}
+		if c := e.counters(t, locs[2*i]); len(c) != 0 {
+			t.Errorf("%s: the original's locality still counts %v", order, c)
+		}
+		if c := e.counters(t, locs[2*i+1]); c["intentions:No"] != 1 || c["intentions"] != 1 {
+			t.Errorf("%s: the correction's locality counts %v", order, c)
+		}
+	}
+
+	next := e.prefix + "r1:"
+	must(t, timeline.StartRebuild(ctx, e.client, e.prefix, next))
+	v := visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0)
+	locate(v, locs[4])
+	e.write(t, recs(t, v))
+	must(t, timeline.SwitchPrefix(ctx, e.client, e.prefix, next))
+	w := visit(canvassv1.Outcome_OUTCOME_REFUSED, t0)
+	locate(w, locs[4])
+	e.write(t, recs(t, w))
+	got := (&env{client: e.client, prefix: next}).counters(t, locs[4])
+	old := e.counters(t, locs[4])
+	if got["visits"] != 2 || old["visits"] != 1 {
+		t.Errorf("visits: new prefix %d (want 2: dual write, then the switch), old prefix %d (want 1)", got["visits"], old["visits"])
+	}
+}

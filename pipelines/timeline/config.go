@@ -28,9 +28,15 @@ const (
 // Config configures the timeline sink and its Redis client. New treats a zero
 // Keep or TTL as its default.
 type Config struct {
-	// Prefix is put before every key and channel name, so a rebuild can fill
-	// a fresh namespace.
+	// Prefix is the base key prefix: put before every key and channel name,
+	// so a rebuild can fill a fresh namespace, and before the prefix control
+	// keys (ActivePrefixKey).
 	Prefix string
+	// Fixed makes the sink write under Prefix itself, without reading the
+	// prefix control keys and without publishing news: what a rebuild's
+	// replay uses to fill a fresh prefix. The live sink leaves it false and
+	// writes under the prefixes in force under Prefix (see ReadPrefixes).
+	Fixed bool
 	// Keep is how many of a locality's newest records its timeline holds.
 	Keep int
 	// TTL is how long a locality's keys live after its last new record.

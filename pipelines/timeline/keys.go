@@ -29,6 +29,20 @@ func RecordsKey(prefix string, loc int64) string { return localityKey(prefix, "r
 // A channel is not a key: Redis Cluster forwards publishes to every node.
 func NewsChannel(prefix string, chunk int64) string { return localityKey(prefix, "news:{", chunk) }
 
+// ReplacedKey returns the hash of every record id of a locality that a
+// correction replaced (id → "1"): such an id is seen but not counted, and
+// not on the timeline.
+func ReplacedKey(prefix string, loc int64) string { return localityKey(prefix, "rp:{", loc) }
+
+// IDKey returns the id record of one record id of one kind ("visits",
+// "intentions", "followups"): a hash with the locality the id was counted in
+// (l), its kind:value counter field (f) and r = "1" once a correction
+// replaced it. It is the one place a record and its correction meet when
+// they sit in different localities (and slots).
+func IDKey(prefix, kind, id string) string {
+	return prefix + "id:" + kind + ":{" + id + "}"
+}
+
 func localityKey(prefix, kind string, n int64) string {
 	b := make([]byte, 0, len(prefix)+len(kind)+21)
 	b = append(b, prefix...)

@@ -32,26 +32,36 @@ var (
 	ErrNoLocation = errors.New("record has no valid location")
 )
 
-// script materialises one record; see record.lua.
-//
-//go:embed record.lua
-var scriptSource string
+// recordScript materialises one record and applies its correction; see
+// record.lua. idScript keeps the per-id records; see id.lua.
+var (
+	//go:embed record.lua
+	recordSource string
+	//go:embed id.lua
+	idSource string
+)
 
 // Sink writes records to Redis timelines. Write is idempotent: a record id
 // already in its locality's seen set changes nothing and publishes nothing,
-// so replaying a topic, even past the trim, leaves every key as it was.
-// Sink is safe for concurrent use.
+// so replaying a topic, even past the trim, leaves every key as it was. A
+// record whose replaces_id names an earlier record of its kind is a
+// correction: the replaced record stops counting and leaves its timeline,
+// whatever the order the two arrive in (docs/pipelines.md). Unless
+// Config.Fixed, every batch goes to the prefixes in force under the base
+// prefix (see ReadPrefixes). Sink is safe for concurrent use.
 type Sink struct {
 	client redis.UniversalClient
-	script *redis.Script
+	record *redis.Script
+	ids    *redis.Script
 	prefix string
+	fixed  bool
 	keep   string
 	ttl    string
 }
 
-// New returns a timeline sink writing through client and loads its Lua script
-// into Redis (SCRIPT LOAD, on every master of a cluster). The caller owns and
-// closes client.
+// New returns a timeline sink writing through client and loads its Lua
+// scripts into Redis (SCRIPT LOAD, on every master of a cluster). The caller
+// owns and closes client.
 func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 	if err := cfg.validateSink(); err != nil {
 		return nil, err
@@ -65,17 +75,29 @@ func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 	}
 	s := &Sink{
 		client: client,
-		script: redis.NewScript(scriptSource),
+		record: redis.NewScript(recordSource),
+		ids:    redis.NewScript(idSource),
 		prefix: cfg.Prefix,
+		fixed:  cfg.Fixed,
 		keep:   strconv.Itoa(keep),
 		ttl:    strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.script.Load(ctx, client).Err(); err != nil {
-		return nil, fmt.Errorf("loading timeline script into redis: %w", err)
+	if err := s.load(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+func (s *Sink) load(ctx context.Context) error {
+	if err := s.record.Load(ctx, s.client).Err(); err != nil {
+		return fmt.Errorf("loading timeline script into redis: %w", err)
+	}
+	if err := s.ids.Load(ctx, s.client).Err(); err != nil {
+		return fmt.Errorf("loading timeline id script into redis: %w", err)
+	}
+	return nil
 }
 
 func (c *Config) validateSink() error {
@@ -84,6 +106,8 @@ func (c *Config) validateSink() error {
 		return ErrKeep
 	case c.TTL < 0:
 		return ErrTTL
+	case strings.ContainsAny(c.Prefix, "{}"):
+		return ErrPrefix
 	}
 	return nil
 }
@@ -91,24 +115,33 @@ func (c *Config) validateSink() error {
 // Name returns "timeline".
 func (s *Sink) Name() string { return "timeline" }
 
-// Write materialises a batch: one script call per record, all pipelined in
-// one round trip (split by slot on a cluster). Records that cannot be placed
-// on a timeline (not a record message, no id, no valid location) are
-// returned in a *runtime.PermanentError; the rest are written first. Redis
-// errors are returned as they are: transient, the runtime retries the batch.
+// Write materialises a batch in three pipelined round trips (each split by
+// slot on a cluster): the prefix control keys (unless Config.Fixed), the id
+// records, then one script call per record and prefix. Records that cannot
+// be placed on a timeline (not a record message, no id, no valid location)
+// are returned in a *runtime.PermanentError; the rest are written first. A
+// key of the wrong type or a counter that is not an integer is a
+// *runtime.FatalError wrapping a BrokenKeyError (the scripts check before
+// their first write, so the record is written once the key is repaired).
+// Other Redis errors are returned as they are: transient, the runtime
+// retries the batch.
 func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
-	calls := make([]call, 0, len(batch))
+	recs := make([]prepared, 0, len(batch))
 	var failures []runtime.Failure
 	for _, r := range batch {
-		c, err := s.prepare(r)
+		p, err := s.prepare(r)
 		if err != nil {
 			failures = append(failures, runtime.Failure{Record: r, Reason: err})
 			continue
 		}
-		calls = append(calls, c)
+		recs = append(recs, p)
 	}
-	if len(calls) > 0 {
-		if err := s.exec(ctx, calls); err != nil {
+	if len(recs) > 0 {
+		targets, err := s.targets(ctx)
+		if err != nil {
+			return err
+		}
+		if err := s.write(ctx, targets, recs); err != nil {
 			return err
 		}
 	}
@@ -118,65 +151,221 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	return nil
 }
 
+// target is one key prefix a batch is written under.
+type target struct {
+	prefix  string
+	publish bool
+}
+
+// targets returns the prefixes of this batch: the active one (which gets
+// the news) and the one being rebuilt, if any.
+func (s *Sink) targets(ctx context.Context) ([]target, error) {
+	if s.fixed {
+		return []target{{prefix: s.prefix}}, nil
+	}
+	p, err := ReadPrefixes(ctx, s.client, s.prefix)
+	if err != nil {
+		if errors.Is(err, ErrPrefix) {
+			return nil, runtime.Fatal(err)
+		}
+		return nil, err
+	}
+	t := []target{{prefix: p.Active, publish: true}}
+	if p.Rebuild != "" {
+		t = append(t, target{prefix: p.Rebuild})
+	}
+	return t, nil
+}
+
+// prepared is one record ready for the scripts.
+type prepared struct {
+	id, replaces string
+	loc          int64
+	score        int64
+	body, entry  []byte
+	kind, detail string // counter fields
+}
+
 // call is the keys and arguments of one script call.
 type call struct {
 	keys []string
 	args []any
 }
 
-// exec runs the calls in one pipeline (split by slot on a cluster). If
-// Redis lost the script (restart, SCRIPT FLUSH, failover) it loads it again
-// and runs the whole batch once more: the calls that succeeded the first
-// time are replays and change nothing.
-func (s *Sink) exec(ctx context.Context, calls []call) error {
-	err := s.pipeline(ctx, calls)
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		if err := s.script.Load(ctx, s.client).Err(); err != nil {
-			return fmt.Errorf("reloading timeline script into redis: %w", err)
-		}
-		err = s.pipeline(ctx, calls)
+// write runs the id records of every record, then the record scripts.
+func (s *Sink) write(ctx context.Context, targets []target, recs []prepared) error {
+	// Round 1: claim each id (where it counts) and mark what each
+	// correction replaces. A record and its correction meet here, on the
+	// replaced id's record, whichever comes first: if the correction did,
+	// the claim says "replaced"; if the claim did, the correction learns
+	// where the replaced record counts and takes it off there.
+	type replaced struct {
+		loc   int64
+		field string
+		known bool
 	}
+	idCalls := make([]call, 0, len(targets)*len(recs))
+	for _, t := range targets {
+		for _, r := range recs {
+			idCalls = append(idCalls, call{
+				keys: []string{IDKey(t.prefix, r.kind, r.id)},
+				args: []any{"claim", s.ttl, r.loc, r.detail},
+			})
+			if r.replaces != "" {
+				idCalls = append(idCalls, call{
+					keys: []string{IDKey(t.prefix, r.kind, r.replaces)},
+					args: []any{"replace", s.ttl},
+				})
+			}
+		}
+	}
+	idReplies, err := s.run(ctx, s.ids, idCalls)
+	if err != nil {
+		return err
+	}
+
+	// Round 2: the records, and the marks of replaced records counted in
+	// another locality.
+	calls := make([]call, 0, len(targets)*len(recs))
+	next := 0
+	for _, t := range targets {
+		for _, r := range recs {
+			wasReplaced, _ := idReplies[next].(int64)
+			next++
+			var old replaced
+			if r.replaces != "" {
+				parts, _ := idReplies[next].([]any)
+				next++
+				if len(parts) == 2 {
+					ls, ok1 := parts[0].(string)
+					f, ok2 := parts[1].(string)
+					if l, err := strconv.ParseInt(ls, 10, 64); err == nil && ok1 && ok2 {
+						old = replaced{loc: l, field: f, known: true}
+					}
+				}
+			}
+			here := old.known && old.loc == r.loc
+			calls = append(calls, s.recordCall(t, r, r.id, r.loc, wasReplaced == 1, here, old.field))
+			if old.known && !here {
+				calls = append(calls, s.recordCall(t, r, "", old.loc, false, true, old.field))
+			}
+		}
+	}
+	_, err = s.run(ctx, s.record, calls)
 	return err
 }
 
-func (s *Sink) pipeline(ctx context.Context, calls []call) error {
-	if len(calls) == 0 {
-		return nil
+// recordCall builds the record script call of r under t in locality loc;
+// id is r.id, or "" for a call that only takes r.replaces off loc.
+func (s *Sink) recordCall(t target, r prepared, id string, loc int64, wasReplaced, replacedHere bool, replacedField string) call {
+	channel := ""
+	if t.publish {
+		channel = NewsChannel(t.prefix, locality.Index(loc).Chunk())
 	}
-	pipe := s.client.Pipeline()
-	for _, c := range calls {
-		s.script.EvalSha(ctx, pipe, c.keys, c.args...)
-	}
-	cmds, err := pipe.Exec(ctx)
-	if err == nil {
-		return nil
-	}
-	// Exec returns the first failed command's error; prefer a NOSCRIPT one
-	// so that exec knows to reload.
-	for _, cmd := range cmds {
-		if cerr := cmd.Err(); cerr != nil && redis.HasErrorPrefix(cerr, "NOSCRIPT") {
-			err = cerr
-			break
+	flag := func(b bool) string {
+		if b {
+			return "1"
 		}
+		return "0"
 	}
-	return fmt.Errorf("writing %d records to redis timelines: %w", len(calls), err)
+	return call{
+		keys: []string{SeenKey(t.prefix, loc), TimelineKey(t.prefix, loc), CountersKey(t.prefix, loc),
+			RecordsKey(t.prefix, loc), ReplacedKey(t.prefix, loc)},
+		args: []any{id, r.score, r.body, s.keep, s.ttl, channel, r.entry, flag(wasReplaced),
+			r.replaces, flag(replacedHere), r.kind, replacedField, r.kind, r.detail},
+	}
 }
 
-// prepare builds the script call of one record.
-func (s *Sink) prepare(r runtime.Record) (call, error) {
+// run sends the calls of one script in one pipeline (split by slot on a
+// cluster) and returns their replies in order. If Redis lost the scripts
+// (restart, SCRIPT FLUSH, failover) it loads them again and runs the whole
+// round once more: the calls that succeeded the first time are replays and
+// change nothing.
+func (s *Sink) run(ctx context.Context, script *redis.Script, calls []call) ([]any, error) {
+	if len(calls) == 0 {
+		return nil, nil
+	}
+	replies, err := s.pipeline(ctx, script, calls)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err := s.load(ctx); err != nil {
+			return nil, fmt.Errorf("reloading: %w", err)
+		}
+		replies, err = s.pipeline(ctx, script, calls)
+	}
+	return replies, err
+}
+
+func (s *Sink) pipeline(ctx context.Context, script *redis.Script, calls []call) ([]any, error) {
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.Cmd, len(calls))
+	for i, c := range calls {
+		cmds[i] = script.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	_, err := pipe.Exec(ctx)
+	if err == nil {
+		replies := make([]any, len(cmds))
+		for i, cmd := range cmds {
+			replies[i] = cmd.Val()
+		}
+		return replies, nil
+	}
+	// Exec returns the first failed command's error. A NOSCRIPT one comes
+	// first, so that run knows to reload; then a broken key, which no
+	// retry can repair.
+	var fatal error
+	for i, cmd := range cmds {
+		cerr := cmd.Err()
+		switch {
+		case cerr == nil:
+		case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
+			return nil, fmt.Errorf("writing %d records to redis timelines: %w", len(calls), cerr)
+		case fatal == nil && isBrokenKey(cerr):
+			fatal = runtime.Fatal(fmt.Errorf("writing to redis key %s: %w", calls[i].keys[0], BrokenKeyError{cerr}))
+		}
+	}
+	if fatal != nil {
+		return nil, fatal
+	}
+	return nil, fmt.Errorf("writing %d records to redis timelines: %w", len(calls), err)
+}
+
+// isBrokenKey reports whether err is Redis refusing a write because of what
+// a key holds: the scripts' own check (CHAPPER_BADKEY) or Redis's WRONGTYPE.
+func isBrokenKey(err error) bool {
+	return redis.HasErrorPrefix(err, "CHAPPER_BADKEY") || redis.HasErrorPrefix(err, "WRONGTYPE") ||
+		strings.Contains(err.Error(), "not an integer")
+}
+
+// BrokenKeyError is a Redis key of the wrong type, or a counter field that
+// is not an integer, that stops a timeline write (inside a
+// *runtime.FatalError): no retry can help until an operator repairs or
+// deletes the key. Nothing of the record was written, so after the repair it
+// is counted once.
+type BrokenKeyError struct{ Err error }
+
+func (e BrokenKeyError) Error() string {
+	return "broken timeline key (repair or delete it, then restart the pipeline): " +
+		strings.TrimPrefix(e.Err.Error(), "CHAPPER_BADKEY ")
+}
+
+// Unwrap returns the Redis error.
+func (e BrokenKeyError) Unwrap() error { return e.Err }
+
+// prepare builds the script arguments of one record.
+func (s *Sink) prepare(r runtime.Record) (prepared, error) {
 	meta, ok := topic.MetaOf(r.Message)
 	if !ok {
-		return call{}, fmt.Errorf("%w: %T", ErrNotRecord, r.Message)
+		return prepared{}, fmt.Errorf("%w: %T", ErrNotRecord, r.Message)
 	}
 	if meta.ID == "" {
-		return call{}, ErrNoID
+		return prepared{}, ErrNoID
 	}
 	if meta.Location == nil {
-		return call{}, ErrNoLocation
+		return prepared{}, ErrNoLocation
 	}
 	loc, err := locality.Of(meta.Location.GetLatitude(), meta.Location.GetLongitude())
 	if err != nil {
-		return call{}, fmt.Errorf("%w: %w", ErrNoLocation, err)
+		return prepared{}, fmt.Errorf("%w: %w", ErrNoLocation, err)
 	}
 	at := meta.Time
 	if at.UnixMilli() <= 0 && !r.Time.IsZero() {
@@ -187,26 +376,38 @@ func (s *Sink) prepare(r runtime.Record) (call, error) {
 
 	body, err := recordBody(r)
 	if err != nil {
-		return call{}, err
+		return prepared{}, err
 	}
 	// The published TimelineEntry is its fields 1 to 3 followed by field 4
 	// (the Record), whose bytes are the body; the script appends the body to
 	// this prefix, so the body crosses the network once.
 	entry, err := proto.Marshal(&canvassv1.TimelineEntry{Id: meta.ID, Locality: int64(loc), Time: timestamppb.New(at)})
 	if err != nil {
-		return call{}, fmt.Errorf("encoding timeline entry: %w", err)
+		return prepared{}, fmt.Errorf("encoding timeline entry: %w", err)
 	}
 	entry = protowire.AppendTag(entry, 4, protowire.BytesType)
 	entry = protowire.AppendVarint(entry, uint64(len(body)))
 
-	l := int64(loc)
-	c := call{
-		keys: []string{SeenKey(s.prefix, l), TimelineKey(s.prefix, l), CountersKey(s.prefix, l), RecordsKey(s.prefix, l)},
-		args: make([]any, 0, 9),
+	kind, detail := counterFields(r.Message)
+	p := prepared{id: meta.ID, replaces: replacesID(r.Message), loc: int64(loc), score: at.UnixMilli(),
+		body: body, entry: entry, kind: kind, detail: detail}
+	if p.replaces == p.id {
+		p.replaces = ""
 	}
-	c.args = append(c.args, meta.ID, at.UnixMilli(), body, s.keep, s.ttl, NewsChannel(s.prefix, loc.Chunk()), entry)
-	c.args = append(c.args, counterFields(r.Message)...)
-	return c, nil
+	return p, nil
+}
+
+// replacesID returns the id of the record a correction replaces, or "".
+func replacesID(m proto.Message) string {
+	switch r := m.(type) {
+	case *canvassv1.Visit:
+		return r.GetReplacesId()
+	case *canvassv1.Intention:
+		return r.GetReplacesId()
+	case *canvassv1.FollowupRequest:
+		return r.GetReplacesId()
+	}
+	return ""
 }
 
 // recordBody returns the protobuf bytes of the canvassv1.Record holding the
@@ -235,17 +436,18 @@ func recordBody(r runtime.Record) ([]byte, error) {
 	return body, nil
 }
 
-// counterFields returns the ct hash fields a record increments.
-func counterFields(m proto.Message) []any {
+// counterFields returns the ct hash fields a record increments: its kind
+// and kind:value.
+func counterFields(m proto.Message) (kind, detail string) {
 	switch r := m.(type) {
 	case *canvassv1.Visit:
-		return []any{"visits", "visits:" + enumName(r.GetOutcome().String(), "OUTCOME_")}
+		return "visits", "visits:" + enumName(r.GetOutcome().String(), "OUTCOME_")
 	case *canvassv1.Intention:
-		return []any{"intentions", "intentions:" + r.GetOption()}
+		return "intentions", "intentions:" + r.GetOption()
 	case *canvassv1.FollowupRequest:
-		return []any{"followups", "followups:" + enumName(r.GetMethod().String(), "METHOD_")}
+		return "followups", "followups:" + enumName(r.GetMethod().String(), "METHOD_")
 	}
-	return nil
+	return "", ""
 }
 
 // enumName turns OUTCOME_NO_ANSWER into no_answer.

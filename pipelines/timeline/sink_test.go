@@ -168,6 +168,11 @@ func TestKeys(t *testing.T) {
 		{name: "counters", got: timeline.CountersKey("p:", edLocality), want: "p:ct:{52543256811}"},
 		{name: "records", got: timeline.RecordsKey("", edLocality), want: "rec:{52543256811}"},
 		{name: "news", got: timeline.NewsChannel("p:", edChunk), want: "p:news:{2101715362}"},
+		{name: "replaced", got: timeline.ReplacedKey("p:", edLocality), want: "p:rp:{52543256811}"},
+		{name: "id record", got: timeline.IDKey("p:", "visits", "0190"), want: "p:id:visits:{0190}"},
+		{name: "active prefix", got: timeline.ActivePrefixKey("p:"), want: "p:chapper:timeline:active"},
+		{name: "rebuild prefix", got: timeline.RebuildPrefixKey(""), want: "chapper:timeline:rebuild"},
+		{name: "switch channel", got: timeline.SwitchChannel(""), want: "chapper:timeline:switch"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

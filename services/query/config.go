@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -21,13 +22,17 @@ var (
 	ErrCacheTTL    = errors.New("query cache ttl must be in [0, 500ms]")
 	ErrWatchBuffer = errors.New("query watch buffer must be at least 1")
 	ErrIdle        = errors.New("query subscription idle time must be positive")
+	ErrMaxSubs     = errors.New("query max subscriptions must be at least 1")
+	ErrPrefix      = errors.New("query key prefix must not contain { or }")
 )
 
 // Config configures the query service. Build one with RegisterFlags (which
 // sets the defaults) and check it with Validate.
 type Config struct {
-	// Prefix is the timeline key and channel prefix (the timeline sink's
-	// -timeline.key-prefix); empty means none.
+	// Prefix is the base timeline key and channel prefix (the timeline
+	// sink's -timeline.key-prefix); empty means none. The service reads
+	// under the prefix in force under it (timeline.ActivePrefixKey), and
+	// follows a switch without a restart.
 	Prefix string
 	// PageSize is the number of entries per locality a GetChunk page returns
 	// when the request does not say, and the size of a WatchChunk snapshot.
@@ -43,6 +48,10 @@ type Config struct {
 	// SubscriptionIdle is how long the news subscription of a chunk is kept
 	// after its last GetChunk request and last watcher.
 	SubscriptionIdle time.Duration
+	// MaxSubscriptions caps the chunks whose news this instance subscribes
+	// to at once. A WatchChunk of another chunk past it is refused with
+	// RESOURCE_EXHAUSTED; a GetChunk past it is answered, uncached.
+	MaxSubscriptions int
 	// Logger receives the service's log; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -54,6 +63,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.IntVar(&c.PageSize, prefix+".page-size", 100, "Entries per locality in a GetChunk page when the request names none, and in a WatchChunk snapshot (at most 1000).")
 	fs.DurationVar(&c.CacheTTL, prefix+".cache-ttl", 250*time.Millisecond, "How long a GetChunk answer is served from memory, unless the chunk publishes news first (at most 500ms; 0 turns the cache off).")
 	fs.IntVar(&c.WatchBuffer, prefix+".watch-buffer", 256, "Events a WatchChunk client may fall behind before it is dropped with RESOURCE_EXHAUSTED.")
+	fs.IntVar(&c.MaxSubscriptions, prefix+".max-subscriptions", 10000, "Most chunks whose news one instance subscribes to at once; a WatchChunk past it gets RESOURCE_EXHAUSTED, a GetChunk past it is not cached.")
 	fs.DurationVar(&c.SubscriptionIdle, prefix+".subscription-idle", 30*time.Second, "How long a chunk's news subscription is kept after its last request and watcher.")
 }
 
@@ -68,6 +78,10 @@ func (c *Config) Validate() error {
 		return ErrWatchBuffer
 	case c.SubscriptionIdle <= 0:
 		return ErrIdle
+	case c.MaxSubscriptions < 1:
+		return ErrMaxSubs
+	case strings.ContainsAny(c.Prefix, "{}"):
+		return ErrPrefix
 	}
 	return nil
 }

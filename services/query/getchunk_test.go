@@ -426,6 +426,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "cache off", mutate: func(c *query.Config) { c.CacheTTL = 0 }},
 		{name: "watch buffer 0", mutate: func(c *query.Config) { c.WatchBuffer = 0 }, want: query.ErrWatchBuffer},
 		{name: "idle 0", mutate: func(c *query.Config) { c.SubscriptionIdle = 0 }, want: query.ErrIdle},
+		{name: "max subscriptions 0", mutate: func(c *query.Config) { c.MaxSubscriptions = 0 }, want: query.ErrMaxSubs},
+		{name: "prefix with a hash tag", mutate: func(c *query.Config) { c.Prefix = "a{b}:" }, want: query.ErrPrefix},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -35,6 +35,14 @@ var (
 		Name: "chapper_query_subscribed_chunks",
 		Help: "Chunks whose news channel this instance is subscribed to.",
 	})
+	subscriptionsRefusedTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_query_subscriptions_refused_total",
+		Help: "New chunk subscriptions refused, by reason: limit (-query.max-subscriptions) or redis_down.",
+	}, []string{"reason"})
+	prefixSwitchesTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_query_prefix_switches_total",
+		Help: "Times the service followed a switch of the active timeline key prefix.",
+	})
 	newsTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "chapper_query_news_messages_total",
 		Help: "News messages received from Redis Pub/Sub.",

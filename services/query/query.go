@@ -66,7 +66,10 @@ type Service struct {
 	done      chan struct{} // closed when Run returns
 	opsReady  chan struct{} // a subscribe or unsubscribe is queued
 
+	pollNow chan struct{} // read the prefix control keys now
+
 	mu        sync.Mutex
+	prefix    string // the active key prefix
 	chunks    map[int64]*chunkState
 	byChannel map[string]*chunkState
 	ops       []subOp
@@ -92,6 +95,8 @@ func New(client redis.UniversalClient, cfg Config) (*Service, error) {
 		script:    redis.NewScript(pageScript),
 		done:      make(chan struct{}),
 		opsReady:  make(chan struct{}, 1),
+		pollNow:   make(chan struct{}, 1),
+		prefix:    cfg.Prefix,
 		chunks:    make(map[int64]*chunkState),
 		byChannel: make(map[string]*chunkState),
 	}, nil
@@ -189,7 +194,7 @@ func invalidArgument(field, desc string) error {
 // another request already started for the same page, or from a new one.
 func (s *Service) page(ctx context.Context, chunk int64, size int, token string, cursors []cursor) (*canvassv1.GetChunkResponse, error) {
 	key := pageKey{size: size, token: token}
-	resp, gen := s.cached(chunk, key)
+	resp, gen, prefix := s.cached(chunk, key)
 	if resp != nil {
 		cacheHitsTotal.Inc()
 		return resp, nil
@@ -197,13 +202,13 @@ func (s *Service) page(ctx context.Context, chunk int64, size int, token string,
 	cacheMissesTotal.Inc()
 	// The news generation is part of the key: a request that arrives after
 	// news never joins a read that may have started before it.
-	sfKey := strconv.FormatInt(chunk, 10) + "/" + strconv.Itoa(size) + "/" + strconv.FormatUint(gen, 10) + "/" + token
+	sfKey := prefix + "/" + strconv.FormatInt(chunk, 10) + "/" + strconv.Itoa(size) + "/" + strconv.FormatUint(gen, 10) + "/" + token
 	ch := s.group.DoChan(sfKey, func() (any, error) {
 		// The read is shared, so it must not fail because the request that
 		// happened to start it was cancelled.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
-		resp, err := s.fetch(fctx, chunk, size, cursors)
+		resp, err := s.fetch(fctx, prefix, chunk, size, cursors)
 		if err == nil {
 			s.store(chunk, key, gen, resp)
 		}
@@ -226,7 +231,7 @@ func (s *Service) page(ctx context.Context, chunk int64, size int, token string,
 // fetch reads one page of a chunk in one pipelined round trip: one script
 // call per locality (timeline page, bodies, counters), split by slot on a
 // cluster. Without cursors it reads every locality from the newest entry.
-func (s *Service) fetch(ctx context.Context, chunk int64, size int, cursors []cursor) (*canvassv1.GetChunkResponse, error) {
+func (s *Service) fetch(ctx context.Context, prefix string, chunk int64, size int, cursors []cursor) (*canvassv1.GetChunkResponse, error) {
 	locs := locality.ChunkLocalities(chunk)
 	if cursors == nil {
 		cursors = make([]cursor, len(locs))
@@ -234,13 +239,13 @@ func (s *Service) fetch(ctx context.Context, chunk int64, size int, cursors []cu
 			cursors[i] = cursor{slot: i}
 		}
 	}
-	cmds, err := s.readPipeline(ctx, locs, size, cursors)
+	cmds, err := s.readPipeline(ctx, prefix, locs, size, cursors)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// Redis lost the script (restart, SCRIPT FLUSH, failover).
 		if err := s.script.Load(ctx, s.client).Err(); err != nil {
 			return nil, fmt.Errorf("loading page script into redis: %w", err)
 		}
-		cmds, err = s.readPipeline(ctx, locs, size, cursors)
+		cmds, err = s.readPipeline(ctx, prefix, locs, size, cursors)
 	}
 	if err != nil {
 		return nil, err
@@ -269,12 +274,12 @@ func (s *Service) fetch(ctx context.Context, chunk int64, size int, cursors []cu
 // readPipeline sends the script calls of one page and returns them in
 // cursor order. The returned error prefers NOSCRIPT, so that fetch knows to
 // load the script.
-func (s *Service) readPipeline(ctx context.Context, locs []locality.Index, size int, cursors []cursor) ([]*redis.Cmd, error) {
+func (s *Service) readPipeline(ctx context.Context, prefix string, locs []locality.Index, size int, cursors []cursor) ([]*redis.Cmd, error) {
 	pipe := s.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(cursors))
 	for i, c := range cursors {
 		loc := int64(locs[c.slot])
-		keys := []string{timeline.TimelineKey(s.cfg.Prefix, loc), timeline.RecordsKey(s.cfg.Prefix, loc), timeline.CountersKey(s.cfg.Prefix, loc)}
+		keys := []string{timeline.TimelineKey(prefix, loc), timeline.RecordsKey(prefix, loc), timeline.CountersKey(prefix, loc)}
 		cmds[i] = s.script.EvalSha(ctx, pipe, keys, size, c.id, c.score)
 	}
 	start := time.Now()

@@ -44,11 +44,16 @@ const (
 
 // chunkState is what the service keeps about one chunk. Guarded by s.mu.
 type chunkState struct {
-	chunk     int64
-	channel   string
-	watchers  map[*watcher]struct{}
-	lastUsed  time.Time
-	confirmed bool
+	chunk   int64
+	channel string
+	// oldChannel is the chunk's channel under the prefix in force before a
+	// switch, still listened to until oldUntil: a batch that read the
+	// control keys before the switch publishes there (docs/query.md).
+	oldChannel string
+	oldUntil   time.Time
+	watchers   map[*watcher]struct{}
+	lastUsed   time.Time
+	confirmed  bool
 	// gen changes on every news message, confirmation and disconnect; an
 	// answer is cached only if gen did not change while it was read.
 	gen   uint64
@@ -88,11 +93,13 @@ func (s *Service) Run(ctx context.Context) error {
 		// Not fatal: a read loads the script when Redis says NOSCRIPT.
 		s.log.Warn("loading page script into redis", "err", err)
 	}
-	ps := s.client.Subscribe(ctx)
+	s.pollPrefix(ctx)
+	ps := s.client.Subscribe(ctx, timeline.SwitchChannel(s.cfg.Prefix))
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.runOps(ctx, ps) })
 	wg.Go(func() { s.runJanitor(ctx) })
+	wg.Go(func() { s.runPrefix(ctx) })
 	wg.Go(func() {
 		// Closing the connection ends a blocked receive at once.
 		<-ctx.Done()
@@ -157,6 +164,13 @@ func (s *Service) receive(ctx context.Context, ps *redis.PubSub) {
 				s.confirm(m.Channel)
 			}
 		case *redis.Message:
+			if m.Channel == timeline.SwitchChannel(s.cfg.Prefix) {
+				select {
+				case s.pollNow <- struct{}{}:
+				default:
+				}
+				continue
+			}
 			newsTotal.Inc()
 			s.news(m.Channel, m.Payload)
 		}
@@ -184,7 +198,7 @@ func (s *Service) confirm(channel string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.byChannel[channel]
-	if st == nil {
+	if st == nil || channel != st.channel {
 		return
 	}
 	st.confirmed = true
@@ -215,6 +229,17 @@ func (s *Service) news(channel, payload string) {
 		s.log.Warn("undecodable news message", "channel", channel, "err", err)
 		return
 	}
+	if replacesID(e.GetRecord()) != "" {
+		// A correction took a record off the chunk's timeline (here, or in
+		// the chunk of the record it replaced): the watchers take a fresh
+		// snapshot, which shows only the newest version.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for w := range st.watchers {
+			w.signalResync()
+		}
+		return
+	}
 	// The entry's time is its timeline score, whole milliseconds, as in a
 	// GetChunk answer.
 	if t := e.GetTime(); t != nil {
@@ -243,24 +268,42 @@ func (s *Service) invalidateLocked(st *chunkState) {
 }
 
 // stateLocked returns the state of a chunk, creating it and queueing its
-// SUBSCRIBE when it is new. s.mu is held.
-func (s *Service) stateLocked(chunk int64) *chunkState {
+// SUBSCRIBE when it is new. It returns nil, and queues nothing, for a new
+// chunk while the Pub/Sub connection is down (nothing queues up behind a
+// dead connection) or when MaxSubscriptions chunks are subscribed already;
+// why is in the error. s.mu is held.
+func (s *Service) stateLocked(chunk int64) (*chunkState, error) {
 	st := s.chunks[chunk]
-	if st == nil {
-		st = &chunkState{
-			chunk:    chunk,
-			channel:  timeline.NewsChannel(s.cfg.Prefix, chunk),
-			watchers: make(map[*watcher]struct{}),
-			cache:    make(map[pageKey]cacheEntry),
-		}
-		s.invalidateLocked(st)
-		s.chunks[chunk] = st
-		s.byChannel[st.channel] = st
-		s.queueLocked(subOp{subscribe: true, channel: st.channel})
-		subscribedChunks.Set(float64(len(s.chunks)))
+	if st != nil {
+		return st, nil
 	}
-	return st
+	if !s.connected.Load() {
+		subscriptionsRefusedTotal.WithLabelValues("redis_down").Inc()
+		return nil, errSubscribeDown
+	}
+	if len(s.chunks) >= s.cfg.MaxSubscriptions {
+		subscriptionsRefusedTotal.WithLabelValues("limit").Inc()
+		return nil, errSubscribeLimit
+	}
+	st = &chunkState{
+		chunk:    chunk,
+		channel:  timeline.NewsChannel(s.prefix, chunk),
+		watchers: make(map[*watcher]struct{}),
+		cache:    make(map[pageKey]cacheEntry),
+	}
+	s.invalidateLocked(st)
+	s.chunks[chunk] = st
+	s.byChannel[st.channel] = st
+	s.queueLocked(subOp{subscribe: true, channel: st.channel})
+	subscribedChunks.Set(float64(len(s.chunks)))
+	return st, nil
 }
+
+// Why stateLocked refused a new chunk.
+var (
+	errSubscribeDown  = errors.New("redis pub/sub connection down")
+	errSubscribeLimit = errors.New("subscription limit reached")
+)
 
 func (s *Service) queueLocked(op subOp) {
 	s.ops = append(s.ops, op)
@@ -270,25 +313,30 @@ func (s *Service) queueLocked(op subOp) {
 	}
 }
 
-// cached returns a cached page of a chunk if there is a fresh one, and the
-// chunk's generation, and notes the interest in the chunk (which keeps its
-// subscription). With the cache off, a request subscribes to nothing.
-func (s *Service) cached(chunk int64, key pageKey) (*canvassv1.GetChunkResponse, uint64) {
+// cached returns a cached page of a chunk if there is a fresh one, the
+// chunk's generation and the key prefix to read under, and notes the
+// interest in the chunk (which keeps its subscription). With the cache off,
+// a request subscribes to nothing; past the subscription limit or while
+// Pub/Sub is down, a request is answered uncached.
+func (s *Service) cached(chunk int64, key pageKey) (*canvassv1.GetChunkResponse, uint64, string) {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cfg.CacheTTL <= 0 {
 		if st := s.chunks[chunk]; st != nil {
-			return nil, st.gen
+			return nil, st.gen, s.prefix
 		}
-		return nil, 0
+		return nil, 0, s.prefix
 	}
-	st := s.stateLocked(chunk)
+	st, err := s.stateLocked(chunk)
+	if err != nil {
+		return nil, 0, s.prefix
+	}
 	st.lastUsed = now
 	if e, ok := st.cache[key]; ok && now.Before(e.expires) {
-		return e.resp, st.gen
+		return e.resp, st.gen, s.prefix
 	}
-	return nil, st.gen
+	return nil, st.gen, s.prefix
 }
 
 // store caches a page read while the chunk's generation was gen, if the
@@ -387,11 +435,115 @@ func (s *Service) sweep(now time.Time) {
 				delete(st.cache, k)
 			}
 		}
+		if st.oldChannel != "" && !now.Before(st.oldUntil) {
+			s.dropOldLocked(st)
+		}
 		if len(st.watchers) == 0 && now.Sub(st.lastUsed) >= s.cfg.SubscriptionIdle {
+			if st.oldChannel != "" {
+				s.dropOldLocked(st)
+			}
 			delete(s.chunks, chunk)
 			delete(s.byChannel, st.channel)
 			s.queueLocked(subOp{subscribe: false, channel: st.channel})
 		}
 	}
 	subscribedChunks.Set(float64(len(s.chunks)))
+}
+
+// prefixPoll is how often the service reads the prefix control keys when
+// no switch is announced.
+const prefixPoll = time.Second
+
+// runPrefix follows the active key prefix: every prefixPoll, and at once
+// when a switch is announced on timeline.SwitchChannel.
+func (s *Service) runPrefix(ctx context.Context) {
+	t := time.NewTicker(prefixPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.pollNow:
+		}
+		s.pollPrefix(ctx)
+	}
+}
+
+// pollPrefix reads the active prefix and switches to it if it changed.
+func (s *Service) pollPrefix(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	p, err := timeline.ReadPrefixes(rctx, s.client, s.cfg.Prefix)
+	if err != nil {
+		if ctx.Err() == nil {
+			// Reads go on under the prefix in force; the next poll retries.
+			s.log.Debug("reading the timeline prefix", "err", err)
+		}
+		return
+	}
+	s.switchTo(p.Active)
+}
+
+// switchTo makes prefix the one reads and subscriptions use: every
+// subscribed chunk moves to its channel under prefix, its cache is dropped,
+// and its watchers take a fresh snapshot once the new channel is confirmed.
+func (s *Service) switchTo(prefix string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if prefix == s.prefix {
+		return
+	}
+	s.log.Info("timeline key prefix switched", "from", s.prefix, "to", prefix)
+	prefixSwitchesTotal.Inc()
+	s.prefix = prefix
+	for _, st := range s.chunks {
+		if st.oldChannel != "" {
+			s.dropOldLocked(st)
+		}
+		// The old channel stays for switchGrace: records of batches that
+		// read the control keys just before the switch are published there,
+		// and the watchers need them once.
+		st.oldChannel, st.oldUntil = st.channel, time.Now().Add(switchGrace)
+		st.channel = timeline.NewsChannel(prefix, st.chunk)
+		s.byChannel[st.channel] = st
+		st.confirmed = false
+		s.invalidateLocked(st)
+		s.queueLocked(subOp{subscribe: true, channel: st.channel})
+	}
+}
+
+// switchGrace is how long a chunk's channel under the previous prefix is
+// still listened to after a switch: longer than one batch write of the
+// timeline sink.
+const switchGrace = 10 * time.Second
+
+// dropOldLocked unsubscribes a chunk's channel of the previous prefix.
+// s.mu is held.
+func (s *Service) dropOldLocked(st *chunkState) {
+	if s.byChannel[st.oldChannel] == st {
+		delete(s.byChannel, st.oldChannel)
+	}
+	s.queueLocked(subOp{subscribe: false, channel: st.oldChannel})
+	st.oldChannel = ""
+}
+
+// Prefix returns the key prefix the service reads under.
+func (s *Service) Prefix() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.prefix
+}
+
+// replacesID returns the replaces_id of a record, or "".
+func replacesID(r *canvassv1.Record) string {
+	switch k := r.GetKind().(type) {
+	case *canvassv1.Record_Visit:
+		return k.Visit.GetReplacesId()
+	case *canvassv1.Record_Intention:
+		return k.Intention.GetReplacesId()
+	case *canvassv1.Record_Followup:
+		return k.Followup.GetReplacesId()
+	}
+	return ""
 }

@@ -2,6 +2,7 @@ package query
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -57,8 +58,8 @@ func (s *Service) WatchChunk(req *canvassv1.WatchChunkRequest, stream grpc.Serve
 	}
 	ctx := stream.Context()
 	w := newWatcher(s.cfg.WatchBuffer)
-	if !s.addWatcher(chunk, w) {
-		return status.Error(codes.Unavailable, "query service stopping")
+	if err := s.addWatcher(chunk, w); err != nil {
+		return err
 	}
 	defer s.removeWatcher(chunk, w)
 	watchersActive.Inc()
@@ -140,21 +141,31 @@ func (s *Service) sendSnapshot(ctx context.Context, stream grpc.ServerStreamingS
 	return seen, nil
 }
 
-// addWatcher registers w for the news of chunk; it reports false once the
-// service stopped. If the chunk's subscription is already confirmed, w may
-// take its snapshot at once.
-func (s *Service) addWatcher(chunk int64, w *watcher) bool {
+// addWatcher registers w for the news of chunk. It answers UNAVAILABLE
+// once the service stopped or while the Pub/Sub connection is down (rather
+// than queueing a SUBSCRIBE behind it), RESOURCE_EXHAUSTED when the chunk
+// would pass MaxSubscriptions. If the chunk's subscription is already
+// confirmed, w may take its snapshot at once.
+func (s *Service) addWatcher(chunk int64, w *watcher) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
-		return false
+		return status.Error(codes.Unavailable, "query service stopping")
 	}
-	st := s.stateLocked(chunk)
+	st, err := s.stateLocked(chunk)
+	switch {
+	case errors.Is(err, errSubscribeLimit):
+		return status.Errorf(codes.ResourceExhausted,
+			"watching chunk %d: this instance already watches %d chunks (-query.max-subscriptions); try again later or another instance",
+			chunk, s.cfg.MaxSubscriptions)
+	case err != nil:
+		return status.Errorf(codes.Unavailable, "watching chunk %d: redis unavailable: %v", chunk, err)
+	}
 	st.watchers[w] = struct{}{}
 	if st.confirmed {
 		w.signalResync()
 	}
-	return true
+	return nil
 }
 
 func (s *Service) removeWatcher(chunk int64, w *watcher) {

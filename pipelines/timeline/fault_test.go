@@ -1,0 +1,128 @@
+package timeline_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/chapper/chapper/pipelines/runtime"
+	"github.com/chapper/chapper/pipelines/timeline"
+	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
+)
+
+// A key of the wrong type, or a counter field that is not an integer, makes
+// the write fatal before the script changed anything; once an operator
+// repairs the key, the retried record is counted exactly once (issue 9,
+// failure mode 2: the script used to mark the id seen first, and the retry
+// then found it seen and never counted it).
+func TestBrokenKeyIsFatalAndCountedOnceAfterRepair(t *testing.T) {
+	tests := []struct {
+		name   string
+		key    func(prefix string) string
+		break_ func(e *env, t *testing.T, key string)
+		repair func(e *env, t *testing.T, key string)
+		want   string // in the error
+	}{
+		{
+			name: "counters key is a string",
+			key:  func(p string) string { return timeline.CountersKey(p, edLocality) },
+			break_: func(e *env, t *testing.T, key string) {
+				must(t, e.client.Set(ctxT(t), key, "oops", 0).Err())
+			},
+			repair: func(e *env, t *testing.T, key string) { must(t, e.client.Del(ctxT(t), key).Err()) },
+			want:   "is a string",
+		},
+		{
+			name: "counter field is not an integer",
+			key:  func(p string) string { return timeline.CountersKey(p, edLocality) },
+			break_: func(e *env, t *testing.T, key string) {
+				must(t, e.client.HSet(ctxT(t), key, "intentions:Green", "abc").Err())
+			},
+			repair: func(e *env, t *testing.T, key string) {
+				must(t, e.client.HSet(ctxT(t), key, "intentions:Green", "0").Err())
+			},
+			want: "intentions:Green",
+		},
+		{
+			name: "seen key is a list",
+			key:  func(p string) string { return timeline.SeenKey(p, edLocality) },
+			break_: func(e *env, t *testing.T, key string) {
+				must(t, e.client.RPush(ctxT(t), key, "x").Err())
+			},
+			repair: func(e *env, t *testing.T, key string) { must(t, e.client.Del(ctxT(t), key).Err()) },
+			want:   "is a list",
+		},
+		{
+			name: "timeline key is a hash",
+			key:  func(p string) string { return timeline.TimelineKey(p, edLocality) },
+			break_: func(e *env, t *testing.T, key string) {
+				must(t, e.client.HSet(ctxT(t), key, "a", "b").Err())
+			},
+			repair: func(e *env, t *testing.T, key string) { must(t, e.client.Del(ctxT(t), key).Err()) },
+			want:   "is a hash",
+		},
+		{
+			name: "records key is a set",
+			key:  func(p string) string { return timeline.RecordsKey(p, edLocality) },
+			break_: func(e *env, t *testing.T, key string) {
+				must(t, e.client.SAdd(ctxT(t), key, "a").Err())
+			},
+			repair: func(e *env, t *testing.T, key string) { must(t, e.client.Del(ctxT(t), key).Err()) },
+			want:   "is a set",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, timeline.Config{})
+			key := tt.key(e.prefix)
+			tt.break_(e, t, key)
+			batch := recs(t, intention("Green", t0))
+			err := e.sink.Write(ctxT(t), batch)
+			var fatal *runtime.FatalError
+			if !errors.As(err, &fatal) {
+				t.Fatalf("Write on a broken key = %v, want a *runtime.FatalError", err)
+			}
+			if !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not name the key %s and %q", err, key, tt.want)
+			}
+			// The runtime retries nothing after a fatal error, but an
+			// operator's restart re-delivers the batch: before the repair it
+			// is still fatal, after it the record counts once.
+			if err := e.sink.Write(ctxT(t), batch); !errors.As(err, &fatal) {
+				t.Fatalf("second Write on the broken key = %v, want fatal again", err)
+			}
+			tt.repair(e, t, key)
+			e.write(t, batch)
+			e.write(t, batch)
+			st := e.state(t, edLocality)
+			if st.counters["intentions"] != 1 || st.counters["intentions:Green"] != 1 {
+				t.Errorf("counters after repair = %v, want intentions and intentions:Green 1", st.counters)
+			}
+			if len(st.timeline) != 1 || len(st.records) != 1 || len(st.seen) != 1 {
+				t.Errorf("after repair: timeline %d, records %d, seen %d entries; want 1 each",
+					len(st.timeline), len(st.records), len(st.seen))
+			}
+		})
+	}
+}
+
+// A broken key of one locality does not stop a good record of the batch
+// from being written; the batch as a whole is fatal.
+func TestBrokenKeyLeavesOtherLocalitiesWritten(t *testing.T) {
+	e := newEnv(t, timeline.Config{})
+	must(t, e.client.Set(ctxT(t), timeline.CountersKey(e.prefix, edLocality), "oops", 0).Err())
+	other := visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0)
+	other.Location = at(edLat+0.01, edLon)
+	err := e.sink.Write(ctxT(t), recs(t, visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0), other))
+	var fatal *runtime.FatalError
+	if !errors.As(err, &fatal) {
+		t.Fatalf("Write = %v, want fatal", err)
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
