@@ -87,7 +87,7 @@ func CleanTimeline(ctx context.Context, client redis.UniversalClient, base strin
 	var dropped []string
 	var deleted int64
 	for _, old := range olds {
-		if old == p.Active || old == p.Rebuild {
+		if old == p.Active || (p.Rebuild != "" && old == p.Rebuild) {
 			continue
 		}
 		for _, fam := range timelineFamilies {
