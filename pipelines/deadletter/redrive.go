@@ -120,6 +120,9 @@ func (r *Redrive) Run(ctx context.Context, all, sel []Letter) (Result, error) {
 				return res, err
 			}
 			ok = append(ok, written...)
+			for i := range failed {
+				failed[i].Topic = r.Topic
+			}
 			out = append(out, failed...)
 			res.FailedAgain += len(failed)
 		}

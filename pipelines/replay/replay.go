@@ -14,12 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/chapper/chapper/pipelines/deadletter"
 	"github.com/chapper/chapper/pipelines/internal/kafkarange"
 	"github.com/chapper/chapper/pipelines/report"
 	"github.com/chapper/chapper/pipelines/runtime"
@@ -46,18 +44,14 @@ const GroupPrefix = "chapper-replay-"
 // Filter selects records by their content. The zero Filter keeps every
 // record.
 type Filter struct {
-	// Region keeps records of one 0.1° region; -1 (or unset with Box)
-	// keeps every region. Use NoRegion for "every region".
-	Region int64
+	// Region, when not nil, keeps records of that one 0.1° region.
+	Region *int64
 	// Box keeps records inside it, when set.
 	Box report.Box
 	// Since and Until keep records whose own time (visited_at,
 	// recorded_at) is in [Since, Until), when set.
 	Since, Until time.Time
 }
-
-// NoRegion is Filter.Region for every region.
-const NoRegion = -1
 
 // keep reports whether the filter keeps m.
 func (f Filter) keep(m topic.Meta) bool {
@@ -67,16 +61,16 @@ func (f Filter) keep(m topic.Meta) bool {
 	if !f.Until.IsZero() && !m.Time.Before(f.Until) {
 		return false
 	}
-	if f.Region == NoRegion && f.Box.IsZero() {
+	if f.Region == nil && f.Box.IsZero() {
 		return true
 	}
 	lat, lon := m.Location.GetLatitude(), m.Location.GetLongitude()
 	if !f.Box.IsZero() && (lat < f.Box.South || lat > f.Box.North || lon < f.Box.West || lon > f.Box.East) {
 		return false
 	}
-	if f.Region != NoRegion {
+	if f.Region != nil {
 		loc, err := locality.Of(lat, lon)
-		if err != nil || loc.Region() != f.Region {
+		if err != nil || loc.Region() != *f.Region {
 			return false
 		}
 	}
@@ -253,7 +247,94 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	r := &run{cfg: c, client: client, log: c.Logger, sum: &Summary{
 		Ranges: ranges, Next: map[Partition]int64{}, PerKind: map[topic.Kind]int64{}, PerPartition: map[Partition]int64{},
 	}}
-	return r.sum, r.run(ctx)
+	if c.DryRun {
+		return r.sum, r.dryRun(ctx)
+	}
+	return r.sum, r.write(ctx)
+}
+
+// write replays the ranges through runtime.ReadRanges: the live
+// pipeline's batching, retries, dead-lettering and dead-letter limits.
+// The checkpoint is committed after every handled batch.
+func (r *run) write(ctx context.Context) error {
+	r.start = time.Now()
+	defer func() { r.sum.Elapsed = time.Since(r.start) }()
+	var ranges []runtime.Range
+	for _, tp := range kafkarange.Sorted(r.sum.Ranges) {
+		rg := r.sum.Ranges[tp]
+		r.sum.Next[tp] = rg.From
+		r.total += rg.Len()
+		ranges = append(ranges, runtime.Range{Topic: tp.Topic, Partition: tp.Partition, From: rg.From, To: rg.To})
+	}
+	r.progress()
+	if r.total == 0 {
+		return nil
+	}
+	sink := r.cfg.Sink
+	counting := runtime.SinkFunc(sink.Name(), func(ctx context.Context, batch []runtime.Record) error {
+		err := sink.Write(ctx, batch)
+		var perm *runtime.PermanentError
+		if err != nil && !errors.As(err, &perm) {
+			return err
+		}
+		failed := map[string]bool{}
+		if perm != nil {
+			for _, f := range perm.Failures {
+				failed[fmt.Sprintf("%s/%d@%d", f.Record.Topic, f.Record.Partition, f.Record.Offset)] = true
+			}
+		}
+		for _, rec := range batch {
+			if failed[fmt.Sprintf("%s/%d@%d", rec.Topic, rec.Partition, rec.Offset)] {
+				continue
+			}
+			k, _ := topic.KindOfTopic(rec.Topic)
+			r.sum.PerKind[k]++
+			r.sum.PerPartition[Partition{Topic: rec.Topic, Partition: rec.Partition}]++
+		}
+		return err
+	})
+	var commitErr error
+	rc := runtime.RangeConfig{
+		Config: runtime.Config{
+			Brokers: r.cfg.Brokers, BatchSize: r.cfg.BatchSize, Linger: r.cfg.Linger, DeadLetterTopic: r.cfg.DeadLetterTopic,
+			MinBackoff: r.cfg.MinBackoff, MaxBackoff: r.cfg.MaxBackoff, Logger: r.log,
+		},
+		Filter: func(rec runtime.Record) bool {
+			meta, _ := topic.MetaOf(rec.Message)
+			return r.cfg.Filter.keep(meta)
+		},
+		OnBatch: func(done []runtime.Checkpoint) {
+			next := map[Partition]int64{}
+			r.done = 0
+			for _, cp := range done {
+				tp := Partition{Topic: cp.Topic, Partition: cp.Partition}
+				if cp.Next != r.sum.Next[tp] {
+					next[tp] = cp.Next
+				}
+				r.sum.Next[tp] = cp.Next
+				r.done += cp.Next - r.sum.Ranges[tp].From
+			}
+			// checkpoint after the write: a crash before this line replays
+			// the batch again, and sinks are idempotent
+			if len(next) > 0 && commitErr == nil {
+				commitErr = commit(context.WithoutCancel(ctx), r.client, r.cfg.Group, next)
+			}
+			r.progress()
+		},
+	}
+	stats, err := runtime.ReadRanges(ctx, rc, ranges, counting)
+	r.sum.Read, r.sum.Written, r.sum.Skipped, r.sum.DeadLettered = stats.Read, stats.Written, stats.Skipped, stats.DeadLettered
+	switch {
+	case commitErr != nil:
+		return commitErr
+	case err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return fmt.Errorf("%w: %d of %d records read", ErrInterrupted, r.done, r.total)
+	case err != nil:
+		return fmt.Errorf("replaying into sink %s: %w", sink.Name(), err)
+	case r.sum.DeadLettered > 0:
+		return fmt.Errorf("%d %w to %s (chapper deadletter list shows them)", r.sum.DeadLettered, ErrDeadLettered, r.cfg.DeadLetterTopic)
+	}
+	return nil
 }
 
 type run struct {
@@ -261,13 +342,14 @@ type run struct {
 	client *kafka.Client
 	log    *slog.Logger
 	sum    *Summary
-	dlw    *kafka.Writer
 	total  int64
 	done   int64
 	start  time.Time
 }
 
-func (r *run) run(ctx context.Context) error {
+// dryRun reads the ranges and counts what would be written, per kind and
+// partition; it writes nothing, not even a checkpoint.
+func (r *run) dryRun(ctx context.Context) error {
 	for tp, rg := range r.sum.Ranges {
 		r.sum.Next[tp] = rg.From
 		r.total += rg.Len()
@@ -278,17 +360,6 @@ func (r *run) run(ctx context.Context) error {
 	if r.total == 0 {
 		return nil
 	}
-	if !r.cfg.DryRun {
-		r.dlw = &kafka.Writer{
-			Addr:         kafka.TCP(r.cfg.Brokers...),
-			Topic:        r.cfg.DeadLetterTopic,
-			Balancer:     &kafka.Murmur2Balancer{},
-			RequiredAcks: kafka.RequireAll,
-			BatchTimeout: 5 * time.Millisecond,
-		}
-		defer r.dlw.Close()
-	}
-
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	ch := make(chan kafka.Message, 2*r.cfg.BatchSize)
@@ -330,9 +401,6 @@ func (r *run) run(ctx context.Context) error {
 			return fmt.Errorf("%w: %d of %d records read", ErrInterrupted, r.done, r.total)
 		}
 	}
-	if r.sum.DeadLettered > 0 {
-		return fmt.Errorf("%d %w to %s (chapper deadletter list shows them)", r.sum.DeadLettered, ErrDeadLettered, r.cfg.DeadLetterTopic)
-	}
 	return nil
 }
 
@@ -365,17 +433,16 @@ func (r *run) next(ctx context.Context, ch <-chan kafka.Message) (batch []kafka.
 	return batch, true
 }
 
-// handle decodes, filters, writes, dead-letters and checkpoints one batch.
-// The batch is finished even when ctx is done meanwhile; only a transient
-// failure that lasts past ctx leaves it unwritten.
-func (r *run) handle(ctx context.Context, msgs []kafka.Message) error {
-	records := make([]runtime.Record, 0, len(msgs))
-	var dead []runtime.Failure
+// handle decodes, filters and counts one batch of a dry run.
+func (r *run) handle(_ context.Context, msgs []kafka.Message) error {
 	for _, m := range msgs {
-		rec := recordOf(m)
+		tp := kafkarange.Partition{Topic: m.Topic, Partition: m.Partition}
+		r.sum.Read++
+		r.done++
+		r.sum.Next[tp] = max(r.sum.Next[tp], m.Offset+1)
 		msg, err := topic.Decode(m.Topic, m.Value)
 		if err != nil {
-			dead = append(dead, runtime.Failure{Record: rec, Reason: err})
+			r.sum.DeadLettered++ // would be
 			continue
 		}
 		meta, _ := topic.MetaOf(msg)
@@ -383,98 +450,13 @@ func (r *run) handle(ctx context.Context, msgs []kafka.Message) error {
 			r.sum.Skipped++
 			continue
 		}
-		rec.Message = msg
-		records = append(records, rec)
-	}
-	wctx := context.WithoutCancel(ctx)
-	if len(records) > 0 && !r.cfg.DryRun {
-		failures, err := r.write(ctx, wctx, records)
-		if err != nil {
-			return err
-		}
-		dead = append(dead, failures...)
-	}
-	failed := map[kafkarange.Partition]map[int64]bool{}
-	if len(dead) > 0 && !r.cfg.DryRun {
-		name := r.cfg.Sink.Name()
-		out := make([]kafka.Message, len(dead))
-		for i, f := range dead {
-			out[i] = deadletter.Message(f.Record, name, f.Reason)
-		}
-		if err := r.dlw.WriteMessages(wctx, out...); err != nil {
-			return fmt.Errorf("producing %d records to the dead-letter topic: %w", len(out), err)
-		}
-		r.log.Warn("dead-lettered records", "count", len(dead), "first_error", dead[0].Reason)
-	}
-	for _, f := range dead {
-		tp := kafkarange.Partition{Topic: f.Record.Topic, Partition: f.Record.Partition}
-		if failed[tp] == nil {
-			failed[tp] = map[int64]bool{}
-		}
-		failed[tp][f.Record.Offset] = true
-	}
-	r.sum.DeadLettered += int64(len(dead))
-	for _, rec := range records {
-		tp := kafkarange.Partition{Topic: rec.Topic, Partition: rec.Partition}
-		if failed[tp][rec.Offset] {
-			continue
-		}
-		k, _ := topic.KindOfTopic(rec.Topic)
+		k, _ := topic.KindOfTopic(m.Topic)
 		r.sum.Written++
 		r.sum.PerKind[k]++
 		r.sum.PerPartition[tp]++
 	}
-	next := map[kafkarange.Partition]int64{}
-	for _, m := range msgs {
-		tp := kafkarange.Partition{Topic: m.Topic, Partition: m.Partition}
-		next[tp] = max(next[tp], m.Offset+1)
-	}
-	if !r.cfg.DryRun {
-		// checkpoint after the write: a crash before this line replays
-		// the batch again, and sinks are idempotent
-		if err := commit(wctx, r.client, r.cfg.Group, next); err != nil {
-			return err
-		}
-	}
-	for tp, o := range next {
-		r.sum.Next[tp] = o
-	}
-	r.sum.Read += int64(len(msgs))
-	r.done += int64(len(msgs))
 	r.progress()
 	return nil
-}
-
-// write writes records to the sink, retrying transient failures with
-// backoff; it returns the records the sink can never write.
-func (r *run) write(ctx, wctx context.Context, records []runtime.Record) ([]runtime.Failure, error) {
-	backoff := r.cfg.MinBackoff
-	for attempt := 1; ; attempt++ {
-		err := r.cfg.Sink.Write(wctx, records)
-		var perm *runtime.PermanentError
-		var fatal *runtime.FatalError
-		switch {
-		case err == nil:
-			return nil, nil
-		case errors.As(err, &perm):
-			return perm.Failures, nil
-		case errors.As(err, &fatal):
-			return nil, fmt.Errorf("writing batch to sink %s: %w", r.cfg.Sink.Name(), err)
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: writing batch to sink %s: %w", ErrInterrupted, r.cfg.Sink.Name(), err)
-		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		r.log.Warn("transient failure, retrying the batch", "attempt", attempt, "retry_in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w: writing batch to sink %s: %w", ErrInterrupted, r.cfg.Sink.Name(), err)
-		}
-		backoff = min(2*backoff, r.cfg.MaxBackoff)
-	}
 }
 
 func (r *run) progress() {

@@ -424,11 +424,15 @@ func TestItemErrorsNotAboutTheDocument(t *testing.T) {
 		sinktest.ProduceRecords(t, k.Addr(), msgs...)
 		ccfg := sinktest.ConsumerConfig(k.Addr(), topic.GroupSearch)
 		c := sinktest.Start(t, ccfg, sink)
-		// Several writes met the 403: had any been dead-lettered, its
-		// batch would have been committed.
+		// The write met the 403 and the consumer turned fatal (not ready,
+		// no more fetches): had the items been dead-lettered, the batch
+		// would have been committed.
 		sinktest.Eventually(t, time.Minute, func() error {
-			if n := writes.Load(); n < 5 {
+			if n := writes.Load(); n < 1 {
 				return fmt.Errorf("%d writes so far", n)
+			}
+			if err := c.Consumer.Ready(); err == nil || !strings.Contains(err.Error(), "security_exception") {
+				return fmt.Errorf("consumer readiness %v, want the fatal 403", err)
 			}
 			return nil
 		})

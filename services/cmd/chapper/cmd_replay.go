@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
@@ -118,8 +119,8 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&until, "until", "", "Only records whose own time is before this RFC 3339 time.")
 	fs.BoolVar(&dryRun, "dry-run", false, "Count what would be written per kind and partition; write nothing.")
 	fs.BoolVar(&resume, "resume", false, "Start each partition at the checkpoint of group chapper-replay-<sink>, where one is past -from.")
-	fs.BoolVar(&rebuild, "rebuild", false, "Rebuild into a fresh generation and switch atomically (not implemented yet).")
-	fs.BoolVar(&deleteOld, "delete-old", false, "With -rebuild, delete the old generation after the switch (not implemented yet).")
+	fs.BoolVar(&rebuild, "rebuild", false, "Rebuild the whole topics into a fresh generation while the live pipeline keeps writing, then switch to it (timeline: a new key prefix; search: not implemented yet).")
+	fs.BoolVar(&deleteOld, "delete-old", false, "With -rebuild, delete the old generation after the switch (else `chapper replay clean` does).")
 	fs.IntVar(&batchSize, "batch-size", runtime.DefaultBatchSize, "Most records per sink write (as the live pipeline's -<sink>.batch-size).")
 	fs.DurationVar(&linger, "linger", runtime.DefaultLinger, "Longest wait to fill a batch.")
 	fs.StringVar(&progress, "progress", "auto", "Progress display: bar, log (a line every 5s), off, or auto (bar on a terminal, log otherwise).")
@@ -130,11 +131,19 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if rebuild || deleteOld {
-		return fmt.Errorf("chapper replay -rebuild: %w (replay in place without -rebuild: timeline and search documents are idempotent)", ErrNotImplemented)
+	if deleteOld && !rebuild {
+		return errors.New("-delete-old goes with -rebuild")
 	}
-	cfg := replay.Config{Brokers: st.brokerList(), BatchSize: batchSize, Linger: linger, Resume: resume, DryRun: dryRun, Logger: log,
-		Filter: replay.Filter{Region: region}}
+	if rebuild && sinkName != "timeline" {
+		return fmt.Errorf("chapper replay -rebuild -sink=%s: %w for %s (timeline only; replay in place without -rebuild: every sink is idempotent)", sinkName, ErrNotImplemented, sinkName)
+	}
+	if rebuild && (dryRun || from != "beginning" || to != "now") {
+		return errors.New("-rebuild replays the whole topics into a fresh prefix: it takes neither -dry-run nor -from/-to")
+	}
+	cfg := replay.Config{Brokers: st.brokerList(), BatchSize: batchSize, Linger: linger, Resume: resume, DryRun: dryRun, Logger: log}
+	if region >= 0 {
+		cfg.Filter.Region = &region
+	}
 	if cfg.From, err = replay.ParsePosition(from); err != nil {
 		return fmt.Errorf("-from: %w", err)
 	}
@@ -171,6 +180,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("-sink: give one of %s, got %q", strings.Join(sinkNames, ", "), sinkName)
 	}
 	cfg.Group = replay.GroupPrefix + sinkName
+	if rebuild {
+		return rebuildTimeline(ctx, &st, cfg, deleteOld, progress, args, stdout, stderr, log)
+	}
 	if !dryRun {
 		sink, closeSink, err := st.open(ctx, sinkName, log)
 		if err != nil {
@@ -314,6 +326,57 @@ func printSummary(w io.Writer, sinkName string, dryRun bool, sum *replay.Summary
 	tw.Flush()
 }
 
+// rebuildTimeline is `chapper replay -sink=timeline -rebuild`.
+func rebuildTimeline(ctx context.Context, st *storeFlags, cfg replay.Config, deleteOld bool, progress string, args []string,
+	stdout, stderr io.Writer, log *slog.Logger) error {
+	if err := st.timeline.Validate(); err != nil {
+		return err
+	}
+	client := st.timeline.Redis.NewClient()
+	defer client.Close()
+	show, stopProgress := progressDisplay(ctx, progress, "timeline", stderr, log)
+	cfg.Progress = show
+	next, sum, err := replay.RebuildTimeline(ctx, client, st.timeline, cfg)
+	stopProgress()
+	printSummary(stdout, "timeline", false, sum)
+	if errors.Is(err, replay.ErrInterrupted) {
+		fmt.Fprintf(stderr, "stopped after the batch in hand; the live pipeline keeps writing to prefix %q; resume with:\n  %s\n",
+			next, strings.Join(append([]string{"chapper", "replay"}, append(withoutFlag(args, "resume"), "-resume")...), " "))
+	}
+	p, perr := timeline.ReadPrefixes(ctx, client, st.timeline.Prefix)
+	if perr == nil && p.Active == next {
+		fmt.Fprintf(stdout, "timeline switched to key prefix %q; the old keys stay until `chapper replay clean -sink=timeline`\n", next)
+		if deleteOld {
+			if cerr := cleanTimeline(ctx, client, st.timeline.Prefix, stdout); cerr != nil {
+				return cerr
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("chapper replay -sink=timeline -rebuild: %w", err)
+	}
+	return nil
+}
+
+func withoutFlag(args []string, name string) []string {
+	var out []string
+	for _, a := range args {
+		if strings.TrimLeft(strings.SplitN(a, "=", 2)[0], "-") != name {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func cleanTimeline(ctx context.Context, client redis.UniversalClient, base string, stdout io.Writer) error {
+	dropped, n, err := replay.CleanTimeline(ctx, client, base)
+	for _, d := range dropped {
+		fmt.Fprintf(stdout, "dropped old timeline key prefix %q\n", d)
+	}
+	fmt.Fprintf(stdout, "deleted %d old timeline keys\n", n)
+	return err
+}
+
 // runReplayClean is `chapper replay clean`: it deletes the checkpoint
 // groups of the sinks named by -sink (all three by default).
 func runReplayClean(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -333,12 +396,23 @@ func runReplayClean(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !slicesContains(sinkNames, s) {
 			return fmt.Errorf("-sink: unknown sink %q (want %s)", s, strings.Join(sinkNames, ", "))
 		}
-		group := replay.GroupPrefix + s
-		if err := replay.DeleteCheckpoint(ctx, st.brokerList(), group); err != nil {
-			return err
+		for _, group := range []string{replay.GroupPrefix + s, replay.RebuildGroup(s)} {
+			if err := replay.DeleteCheckpoint(ctx, st.brokerList(), group); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "deleted replay checkpoint %s\n", group)
 		}
-		fmt.Fprintf(stdout, "deleted replay checkpoint %s\n", group)
+		if s == "timeline" {
+			if err := st.timeline.Validate(); err != nil {
+				return err
+			}
+			client := st.timeline.Redis.NewClient()
+			err := cleanTimeline(ctx, client, st.timeline.Prefix, stdout)
+			client.Close()
+			if err != nil {
+				return err
+			}
+		}
 	}
-	fmt.Fprintln(stdout, "rebuild generations: none to drop (-rebuild is not implemented yet)")
 	return nil
 }
