@@ -194,6 +194,9 @@ func (s *Service) close() error {
 	s.stopping = true
 	s.mu.Unlock()
 	s.active.Wait()
+	// the transport's connections (shared by the writer and the topic
+	// client) each hold a goroutine until closed
+	defer s.transport.CloseIdleConnections()
 	if err := s.writer.Close(); err != nil {
 		return fmt.Errorf("closing kafka producer: %w", err)
 	}
