@@ -38,6 +38,21 @@ type ledger struct {
 	rng     *rand.Rand
 	acks    int // acknowledged Submits
 	fails   int // failed Submits
+
+	// keepLatency keeps each acknowledged Submit's latency for
+	// takeLatencies (the soak).
+	keepLatency bool
+	latencies   []time.Duration
+}
+
+// takeLatencies returns the latencies kept since the last call, sorted.
+func (l *ledger) takeLatencies() []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.latencies
+	l.latencies = nil
+	slices.Sort(out)
+	return out
 }
 
 type ledgerBatch struct {
@@ -69,7 +84,9 @@ func (l *ledger) next(n int) *ledgerBatch {
 func (l *ledger) submit(ctx context.Context, t testing.TB, c canvassv1.IngestServiceClient, b *ledgerBatch) bool {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	resp, err := c.Submit(cctx, b.req)
+	took := time.Since(start)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err == nil {
@@ -89,6 +106,9 @@ func (l *ledger) submit(ctx context.Context, t testing.TB, c canvassv1.IngestSer
 	}
 	l.acks++
 	b.acked = true
+	if l.keepLatency {
+		l.latencies = append(l.latencies, took)
+	}
 	return true
 }
 
@@ -101,6 +121,12 @@ const loadInterval = 250 * time.Millisecond
 // their own connections, each at most one per loadInterval, until ctx is
 // done.
 func (l *ledger) load(ctx context.Context, t testing.TB, grpcAddr string, clients, batchSize int) {
+	l.loadEvery(ctx, t, grpcAddr, clients, batchSize, loadInterval)
+}
+
+// loadEvery is load with each client sending at most one batch per
+// interval.
+func (l *ledger) loadEvery(ctx context.Context, t testing.TB, grpcAddr string, clients, batchSize int, interval time.Duration) {
 	var wg sync.WaitGroup
 	for range clients {
 		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -110,7 +136,7 @@ func (l *ledger) load(ctx context.Context, t testing.TB, grpcAddr string, client
 		c := canvassv1.NewIngestServiceClient(conn)
 		wg.Go(func() {
 			defer conn.Close()
-			tick := time.NewTicker(loadInterval)
+			tick := time.NewTicker(interval)
 			defer tick.Stop()
 			for ctx.Err() == nil {
 				l.submit(ctx, t, c, l.next(batchSize))

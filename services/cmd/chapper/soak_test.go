@@ -1,0 +1,362 @@
+//go:build soak
+
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/chapper/chapper/services/devstack"
+)
+
+// The soak's knobs: `make soak` runs the hour; `-soak.duration=3m` the
+// same in minutes.
+var (
+	soakDuration = flag.Duration("soak.duration", time.Hour, "How long the soak offers load.")
+	soakRate     = flag.Float64("soak.rate", 7000, "Records per second offered.")
+	soakFaults   = flag.Duration("soak.fault-every", 4*time.Minute, "Time between injected faults (scaled down for runs under 20m).")
+	soakSample   = flag.Duration("soak.sample-every", 5*time.Second, "Time between samples of RSS, goroutines, lag and ack latency.")
+	soakOut      = flag.String("soak.out", "", "Directory for soak.txt and soak.png (default var/soak beside go.work).")
+)
+
+// soakSampleRow is one sample of every chapper process and of the load.
+type soakSampleRow struct {
+	at         time.Duration      // since the load started
+	rss        map[string]float64 // MiB per process
+	goroutines map[string]float64
+	lag        float64 // records, summed over the pipelines
+	p99        float64 // ms, Submits acknowledged since the last sample
+	records    int
+}
+
+// TestSoak runs ingest, timeline, persist and search as `chapper serve`
+// processes beside an embedded stack the test owns, offers -soak.rate
+// records/s for -soak.duration with a fault every -soak.fault-every (a
+// pipeline SIGKILLed, Redis, the search server or the broker restarted),
+// samples RSS and goroutines of every chapper process, the lag and the ack
+// latency, and ends with a table, a PNG plot over time and a verdict: every
+// acknowledged record once in every store, and RSS and goroutines flat
+// (within 10% of their level after the warm-up: ten minutes, or a third
+// of a shorter run).
+func TestSoak(t *testing.T) {
+	bin := chapperBin(t)
+	dur := *soakDuration
+	faultEvery := *soakFaults
+	if dur < 20*time.Minute {
+		faultEvery = max(dur/6, 15*time.Second)
+	}
+	warmup := min(10*time.Minute, dur/3)
+	ctx, cancel := context.WithTimeout(context.Background(), dur+15*time.Minute)
+	defer cancel()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d; %v at %.0f records/s, a fault every %v, warm-up %v", seed, dur, *soakRate, faultEvery, warmup)
+	rng := rand.New(rand.NewPCG(seed, 5))
+
+	stack, err := devstack.StartStack(ctx, devstack.StackConfig{
+		Dir: filepath.Join(t.TempDir(), "var"), KafkaAddr: freeAddr(t), PostgresAddr: freeAddr(t),
+		RedisAddr: freeAddr(t), SearchAddr: freeAddr(t), Partitions: 12,
+	})
+	if err != nil {
+		t.Fatalf("starting the stack: %v", err)
+	}
+	t.Cleanup(func() { _ = stack.Close() })
+	s := stores{pgURL: stack.Postgres.URL, shardDBs: []string{"chapper_shard_0", "chapper_shard_1"},
+		redisAddr: stack.Redis.Addr(), searchURL: stack.Search.URL()}
+	if out, err := exec.CommandContext(ctx, bin, "migrate", "-log.level=warn", "-migrate.router-url="+s.pgURL("chapper_router")).CombinedOutput(); err != nil {
+		t.Fatalf("chapper migrate: %v\n%s", err, out)
+	}
+	grpcAddr := freeAddr(t)
+	names := []string{"ingest", "timeline", "persist", "search"}
+	procs, admins := map[string]*proc{}, map[string]string{}
+	for _, n := range names {
+		admins[n] = freeAddr(t)
+		args := []string{"serve", "-target=" + n, "-log.level=warn", "-admin.addr=" + admins[n],
+			"-kafka.brokers=" + stack.Kafka.Addr(), "-grpc.addr=" + grpcAddr, "-ingest.topic-replication-factor=1",
+			"-timeline.redis-addrs=" + s.redisAddr, "-persist.router-url=" + s.pgURL("chapper_router"),
+			"-search.addresses=" + s.searchURL}
+		if n != "ingest" {
+			args = append(args, "-"+n+".session-timeout=6s", "-"+n+".heartbeat-interval=1s", "-"+n+".rebalance-timeout=6s", "-"+n+".max-backoff=1s")
+		}
+		procs[n] = newProc(t, "chapper-serve-"+n, args...)
+		procs[n].Start(t)
+	}
+	for _, n := range names {
+		waitReady(t, ctx, procs[n], admins[n], 3*time.Minute)
+	}
+
+	l := newLedger(seed)
+	l.keepLatency = true
+	const clients, batch = 8, 100
+	interval := time.Duration(float64(time.Second) * clients * batch / *soakRate)
+	lctx, stopLoad := context.WithCancel(ctx)
+	var loadWG sync.WaitGroup
+	loadWG.Go(func() { l.loadEvery(lctx, t, grpcAddr, clients, batch, interval) })
+
+	faults := []struct {
+		name string
+		do   func() error
+	}{
+		{"SIGKILL timeline", func() error { procs["timeline"].Kill(); procs["timeline"].Start(t); return nil }},
+		{"restart redis", func() error {
+			if err := stack.Redis.Stop(); err != nil {
+				return err
+			}
+			return stack.Redis.Start(ctx)
+		}},
+		{"SIGKILL persist", func() error { procs["persist"].Kill(); procs["persist"].Start(t); return nil }},
+		{"restart the search server", func() error {
+			if err := stack.StopSearch(); err != nil {
+				return err
+			}
+			return stack.StartSearch()
+		}},
+		{"SIGKILL search", func() error { procs["search"].Kill(); procs["search"].Start(t); return nil }},
+		{"restart the broker", func() error {
+			if err := stack.Kafka.Stop(); err != nil {
+				return err
+			}
+			return stack.Kafka.Start(ctx)
+		}},
+	}
+	var rows []soakSampleRow
+	var events []string
+	start := time.Now()
+	sampleT := time.NewTicker(*soakSample)
+	defer sampleT.Stop()
+	nextFault := start.Add(faultEvery)
+	fi := rng.IntN(len(faults))
+	for time.Since(start) < dur {
+		<-sampleT.C
+		row := soakSampleRow{at: time.Since(start), rss: map[string]float64{}, goroutines: map[string]float64{}, records: l.records()}
+		for _, n := range names {
+			row.rss[n] = procRSS(procs[n])
+			row.goroutines[n], _ = metricSum(ctx, admins[n], "go_goroutines")
+			if n != "ingest" {
+				lag, _ := metricSum(ctx, admins[n], "chapper_pipeline_consumer_lag_records")
+				row.lag += lag
+			}
+		}
+		row.p99 = ms(pctD(l.takeLatencies(), 99))
+		rows = append(rows, row)
+		if time.Now().After(nextFault) {
+			f := faults[fi%len(faults)]
+			fi++
+			events = append(events, fmt.Sprintf("%7s  %s", time.Since(start).Round(time.Second), f.name))
+			if err := f.do(); err != nil {
+				t.Errorf("fault %s: %v", f.name, err)
+			}
+			nextFault = time.Now().Add(faultEvery)
+		}
+	}
+	stopLoad()
+	loadWG.Wait()
+	l.settle(ctx, t, grpcAddr, 2*time.Minute)
+	verify(t, ctx, s, l.want(t), 10*time.Minute)
+
+	out := *soakOut
+	if out == "" {
+		p, err := resultsDirBesideWork()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = p
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	table, flat := soakReport(rows, names, warmup, events)
+	if err := os.WriteFile(filepath.Join(out, "soak.txt"), []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := soakPlot(rows, names, filepath.Join(out, "soak.png")); err != nil {
+		t.Errorf("plotting: %v", err)
+	}
+	fmt.Print(table)
+	fmt.Printf("soak: table %s, plot %s\n", filepath.Join(out, "soak.txt"), filepath.Join(out, "soak.png"))
+	if !flat {
+		t.Errorf("RSS or goroutines grew by more than 10%% after the warm-up (see the table)")
+	}
+	for _, n := range names {
+		if err := procs[n].Stop(); err != nil {
+			t.Errorf("%s did not stop cleanly: %v", n, err)
+		}
+	}
+}
+
+// resultsDirBesideWork returns var/soak beside go.work.
+func resultsDirBesideWork() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return filepath.Join(dir, "var", "soak"), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.work above the working directory: give -soak.out")
+		}
+		dir = parent
+	}
+}
+
+// procRSS returns p's resident set in MiB (0 when it is not running).
+func procRSS(p *proc) float64 {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if cmd == nil || p.Exited() {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			kb, _ := strconv.ParseFloat(f[0], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// metricSum sums the series of metric on the admin server at admin.
+func metricSum(ctx context.Context, admin, metric string) (float64, error) {
+	v, _, err := metricSeries(ctx, admin, metric)
+	return v, err
+}
+
+// soakReport renders the samples as a table (a row a minute, or every
+// sample for short runs), the faults and the verdict on RSS and
+// goroutines, and reports whether both stayed flat.
+func soakReport(rows []soakSampleRow, names []string, warmup time.Duration, events []string) (string, bool) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%8s %9s %8s %8s", "time", "records", "lag", "p99 ms")
+	for _, n := range names {
+		fmt.Fprintf(&b, " %10s %6s", n+" MiB", "gor")
+	}
+	b.WriteString("\n")
+	step := max(1, len(rows)/40)
+	for i, r := range rows {
+		if i%step != 0 && i != len(rows)-1 {
+			continue
+		}
+		fmt.Fprintf(&b, "%8s %9d %8.0f %8.1f", r.at.Round(time.Second), r.records, r.lag, r.p99)
+		for _, n := range names {
+			fmt.Fprintf(&b, " %10.1f %6.0f", r.rss[n], r.goroutines[n])
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("faults:\n")
+	for _, e := range events {
+		b.WriteString("  " + e + "\n")
+	}
+	flat := true
+	for _, n := range names {
+		for _, what := range []string{"RSS", "goroutines"} {
+			get := func(r soakSampleRow) float64 {
+				if what == "RSS" {
+					return r.rss[n]
+				}
+				return r.goroutines[n]
+			}
+			var level []float64
+			peak := 0.0
+			for _, r := range rows {
+				v := get(r)
+				switch {
+				case r.at >= warmup && r.at < warmup+time.Minute:
+					level = append(level, v)
+				case r.at >= warmup+time.Minute:
+					peak = max(peak, v)
+				}
+			}
+			if len(level) == 0 {
+				fmt.Fprintf(&b, "%s %s: not enough samples after the warm-up\n", n, what)
+				continue
+			}
+			slices.Sort(level)
+			base := level[len(level)/2]
+			ok := peak <= base*1.1
+			flat = flat && ok
+			fmt.Fprintf(&b, "%s %s: level %.1f after the warm-up, peak %.1f later: %s\n", n, what, base, peak, map[bool]string{true: "flat", false: "GREW"}[ok])
+		}
+	}
+	return b.String(), flat
+}
+
+// soakPlot draws RSS, goroutines, lag and p99 over time into one PNG.
+func soakPlot(rows []soakSampleRow, names []string, path string) error {
+	mk := func(title, y string, series map[string]func(soakSampleRow) float64, order []string) (*plot.Plot, error) {
+		p := plot.New()
+		p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, "minutes", y
+		var vs []any
+		for _, name := range order {
+			pts := make(plotter.XYs, len(rows))
+			for i, r := range rows {
+				pts[i] = plotter.XY{X: r.at.Minutes(), Y: series[name](r)}
+			}
+			vs = append(vs, name, pts)
+		}
+		return p, plotutil.AddLines(p, vs...)
+	}
+	rss, gor := map[string]func(soakSampleRow) float64{}, map[string]func(soakSampleRow) float64{}
+	for _, n := range names {
+		rss[n] = func(r soakSampleRow) float64 { return r.rss[n] }
+		gor[n] = func(r soakSampleRow) float64 { return r.goroutines[n] }
+	}
+	p1, err := mk("RSS of each chapper process", "MiB", rss, names)
+	if err != nil {
+		return err
+	}
+	p2, err := mk("goroutines", "goroutines", gor, names)
+	if err != nil {
+		return err
+	}
+	p3, err := mk("consumer lag (all pipelines)", "records", map[string]func(soakSampleRow) float64{"lag": func(r soakSampleRow) float64 { return r.lag }}, []string{"lag"})
+	if err != nil {
+		return err
+	}
+	p4, err := mk("ack latency p99 per sample", "ms", map[string]func(soakSampleRow) float64{"p99": func(r soakSampleRow) float64 { return r.p99 }}, []string{"p99"})
+	if err != nil {
+		return err
+	}
+	img := vgimg.New(vg.Points(900), vg.Points(1200))
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 4, Cols: 1}
+	canvases := plot.Align([][]*plot.Plot{{p1}, {p2}, {p3}, {p4}}, tiles, dc)
+	p1.Draw(canvases[0][0])
+	p2.Draw(canvases[1][0])
+	p3.Draw(canvases[2][0])
+	p4.Draw(canvases[3][0])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		return err
+	}
+	return f.Close()
+}
