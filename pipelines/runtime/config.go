@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ var (
 	ErrBadBackoff       = errors.New("min backoff must not exceed max backoff")
 	ErrNegativeDuration = errors.New("durations must not be negative")
 	ErrBadWindow        = errors.New("dead-letter window must not be negative")
+	ErrBadRatio         = errors.New("dead-letter max ratio must be a number")
 )
 
 // Defaults, used by the flags and for zero values of a Config built in code.
@@ -140,6 +142,8 @@ func (c *Config) Validate() error {
 		return ErrBadBackoff
 	case c.DeadLetterWindow < 0:
 		return ErrBadWindow
+	case math.IsNaN(c.DeadLetterMaxRatio):
+		return ErrBadRatio
 	}
 	return nil
 }

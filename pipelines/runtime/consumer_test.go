@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"sync"
@@ -434,12 +435,18 @@ func TestConfig(t *testing.T) {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	var cfg runtime.Config
 	cfg.RegisterFlags("timeline", fs)
-	if err := fs.Parse([]string{"-timeline.brokers=a:1, b:2", "-timeline.batch-size=10"}); err != nil {
+	if err := fs.Parse([]string{"-timeline.brokers=a:1, b:2", "-timeline.batch-size=10",
+		"-timeline.deadletter-max-consecutive=7", "-timeline.stuck-after=1m"}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.GroupID != topic.GroupTimeline || cfg.BatchSize != 10 || cfg.DeadLetterTopic != topic.DeadLetter ||
 		len(cfg.Brokers) != 2 || cfg.Brokers[1] != "b:2" || len(cfg.Topics) != 3 || cfg.Linger != runtime.DefaultLinger {
 		t.Errorf("parsed config = %+v", cfg)
+	}
+	if cfg.DeadLetterWindow != runtime.DefaultDeadLetterWindow || cfg.DeadLetterMaxRatio != runtime.DefaultDeadLetterMaxRatio ||
+		cfg.DeadLetterMaxConsecutive != 7 || cfg.StuckAfter != time.Minute {
+		t.Errorf("parsed dead-letter limits and stuck-after = %d, %v, %d, %v", cfg.DeadLetterWindow, cfg.DeadLetterMaxRatio,
+			cfg.DeadLetterMaxConsecutive, cfg.StuckAfter)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("Validate = %v", err)
@@ -456,6 +463,8 @@ func TestConfig(t *testing.T) {
 		{name: "negative batch", modify: func(c *runtime.Config) { c.BatchSize = -1 }, want: runtime.ErrBadBatchSize},
 		{name: "backoff inverted", modify: func(c *runtime.Config) { c.MinBackoff, c.MaxBackoff = time.Second, time.Millisecond }, want: runtime.ErrBadBackoff},
 		{name: "negative linger", modify: func(c *runtime.Config) { c.Linger = -1 }, want: runtime.ErrNegativeDuration},
+		{name: "negative dead-letter window", modify: func(c *runtime.Config) { c.DeadLetterWindow = -1 }, want: runtime.ErrBadWindow},
+		{name: "dead-letter ratio not a number", modify: func(c *runtime.Config) { c.DeadLetterMaxRatio = math.NaN() }, want: runtime.ErrBadRatio},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,6 +84,16 @@ func ReadRanges(ctx context.Context, cfg RangeConfig, ranges []Range, sink Sink)
 	c := cfg.Config.withDefaults()
 	h := newBatchHandler(c, sink, c.Logger.With("sink", sink.Name(), "replay", true))
 	defer h.close()
+	client := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: 10 * time.Second, Transport: h.transport}
+	if err := checkPartitions(ctx, client, ranges); err != nil {
+		return stats, err
+	}
+	// Records the topic no longer holds (deleted by retention) cannot be
+	// read: start each range at the partition's first offset at least.
+	first, err := firstOffsets(ctx, client, ranges)
+	if err != nil {
+		return stats, err
+	}
 
 	progress := make([]Checkpoint, len(ranges))
 	index := map[topicPartition]int{}
@@ -95,6 +107,7 @@ func ReadRanges(ctx context.Context, cfg RangeConfig, ranges []Range, sink Sink)
 	readErr := make(chan error, len(ranges))
 	var wg sync.WaitGroup
 	for _, r := range ranges {
+		r.From = min(max(r.From, first[topicPartition{r.Topic, r.Partition}]), r.To)
 		if r.From == r.To {
 			continue
 		}
@@ -179,6 +192,8 @@ func (cfg *RangeConfig) validate(ranges []Range) error {
 		return ErrBadBackoff
 	case c.DeadLetterWindow < 0:
 		return ErrBadWindow
+	case math.IsNaN(c.DeadLetterMaxRatio):
+		return ErrBadRatio
 	}
 	seen := map[topicPartition]bool{}
 	for i, r := range ranges {
@@ -198,6 +213,63 @@ func (cfg *RangeConfig) validate(ranges []Range) error {
 		seen[tp] = true
 	}
 	return nil
+}
+
+// checkPartitions returns an error naming the first range whose partition
+// the brokers do not know (a reader would wait for it forever).
+func checkPartitions(ctx context.Context, client *kafka.Client, ranges []Range) error {
+	var topics []string
+	for _, r := range ranges {
+		if r.From < r.To && !slices.Contains(topics, r.Topic) {
+			topics = append(topics, r.Topic)
+		}
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	resp, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("reading metadata of the topics to read: %w", err)
+	}
+	partitions := map[string]int{}
+	for _, t := range resp.Topics {
+		if t.Error == nil {
+			partitions[t.Name] = len(t.Partitions)
+		}
+	}
+	for i, r := range ranges {
+		if r.From < r.To && r.Partition >= partitions[r.Topic] {
+			return fmt.Errorf("%w %d: partition %s/%d does not exist (the topic has %d)", ErrBadRange, i, r.Topic, r.Partition, partitions[r.Topic])
+		}
+	}
+	return nil
+}
+
+// firstOffsets returns the first offset each range's partition still holds.
+func firstOffsets(ctx context.Context, client *kafka.Client, ranges []Range) (map[topicPartition]int64, error) {
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for _, r := range ranges {
+		if r.From < r.To {
+			req.Topics[r.Topic] = append(req.Topics[r.Topic], kafka.FirstOffsetOf(r.Partition))
+		}
+	}
+	out := map[topicPartition]int64{}
+	if len(req.Topics) == 0 {
+		return out, nil
+	}
+	resp, err := client.ListOffsets(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("listing the first offsets of the partitions to read: %w", err)
+	}
+	for name, parts := range resp.Topics {
+		for _, p := range parts {
+			if p.Error != nil {
+				return nil, fmt.Errorf("listing the first offset of %s/%d: %w", name, p.Partition, p.Error)
+			}
+			out[topicPartition{name, p.Partition}] = p.FirstOffset
+		}
+	}
+	return out, nil
 }
 
 // readRange sends the records of r to out, in offset order, and returns

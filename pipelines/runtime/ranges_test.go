@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/runtime/sinktest"
@@ -224,9 +227,91 @@ func TestReadRangesBadInput(t *testing.T) {
 	if _, err := runtime.ReadRanges(context.Background(), noBrokers, nil, newMemSink("x")); !errors.Is(err, runtime.ErrNoBrokers) {
 		t.Errorf("ReadRanges without brokers = %v, want ErrNoBrokers", err)
 	}
-	// Empty ranges are done at once.
+	// Empty ranges are done at once; a partition that does not exist is
+	// refused, not waited for.
 	stats, err := runtime.ReadRanges(context.Background(), cfg, []runtime.Range{{Topic: "t", From: 3, To: 3}}, newMemSink("x"))
 	if err != nil || stats != (runtime.RangeStats{}) {
 		t.Errorf("ReadRanges over an empty range = %+v, %v; want nothing and nil", stats, err)
+	}
+	k := devtest.Kafka(t)
+	sinktest.CreateTopics(t, k.Addr())
+	missing := []runtime.Range{{Topic: topic.Visits, Partition: sinktest.Partitions, To: 1}}
+	if _, err := runtime.ReadRanges(ctxT(t), rangeConfig(k.Addr()), missing, newMemSink("x")); !errors.Is(err, runtime.ErrBadRange) ||
+		!strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("ReadRanges over a missing partition = %v, want ErrBadRange saying it does not exist", err)
+	}
+}
+
+// Records deleted from a partition (retention, DeleteRecords) cannot be
+// read; a range starting before the partition's first offset starts there
+// instead of waiting forever.
+func TestReadRangesAfterDeletedRecords(t *testing.T) {
+	k := devtest.Kafka(t)
+	sinktest.CreateTopicsN(t, k.Addr(), 1)
+	var msgs []kafka.Message
+	for _, r := range sinktest.Records(14, 300) {
+		if m := sinktest.Message(t, r); m.Topic == topic.Visits {
+			msgs = append(msgs, m)
+		}
+	}
+	sinktest.Produce(t, k.Addr(), msgs...)
+	end := int64(len(msgs))
+	sink := newMemSink("memory")
+	tests := []struct {
+		name     string
+		deleted  int64 // records before it are deleted
+		from, to int64
+		want     int64
+	}{
+		{name: "partly deleted", deleted: end - 10, from: 0, to: end, want: 10},
+		// nothing at or after the range's end to show the reader it is
+		// done: without the first offset it would wait forever
+		{name: "all deleted", deleted: end, from: 0, to: end - 20, want: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			deleteBefore(t, k.Addr(), topic.Visits, 0, tt.deleted)
+			var last []runtime.Checkpoint
+			cfg := rangeConfig(k.Addr())
+			cfg.OnBatch = func(done []runtime.Checkpoint) { last = done }
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			stats, err := runtime.ReadRanges(ctx, cfg, []runtime.Range{{Topic: topic.Visits, From: tt.from, To: tt.to}}, sink)
+			if err != nil || stats.Read != tt.want {
+				t.Errorf("ReadRanges = %+v, %v; want %d read", stats, err, tt.want)
+			}
+			if len(last) != 1 || last[0].Next != tt.to {
+				t.Errorf("last checkpoint %+v, want next %d", last, tt.to)
+			}
+		})
+	}
+}
+
+// deleteBefore deletes the records of a partition before offset.
+func deleteBefore(t *testing.T, addr, name string, partition int32, offset int64) {
+	t.Helper()
+	c, err := kgo.NewClient(kgo.SeedBrokers(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := kmsg.NewPtrDeleteRecordsRequest()
+	rt := kmsg.NewDeleteRecordsRequestTopic()
+	rt.Topic = name
+	p := kmsg.NewDeleteRecordsRequestTopicPartition()
+	p.Partition, p.Offset = partition, offset
+	rt.Partitions = append(rt.Partitions, p)
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 10000
+	resp, err := req.RequestWith(ctxT(t), c)
+	if err != nil {
+		t.Fatalf("deleting records: %v", err)
+	}
+	for _, rt := range resp.Topics {
+		for _, p := range rt.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+				t.Fatalf("deleting records of %s/%d: %v", rt.Topic, p.Partition, err)
+			}
+		}
 	}
 }
