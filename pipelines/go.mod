@@ -2,7 +2,10 @@ module github.com/chapper/chapper/pipelines
 
 go 1.26.0
 
-require google.golang.org/protobuf v1.36.12
+require (
+	go.uber.org/goleak v1.3.0
+	google.golang.org/protobuf v1.36.12
+)
 
 require (
 	github.com/RoaringBitmap/roaring/v2 v2.14.5 // indirect

@@ -73,7 +73,7 @@ func (c *RedisConfig) NewClient() redis.UniversalClient {
 // RegisterFlags registers the timeline flags under prefix (e.g. "timeline"
 // gives -timeline.keep).
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
-	fs.StringVar(&c.Prefix, prefix+".key-prefix", "", "Prefix of every timeline Redis key and channel (a rebuild can fill a fresh namespace).")
+	fs.StringVar(&c.Prefix, prefix+".key-prefix", "", "Base prefix of every timeline Redis key and channel; the prefix in force under it is read from <prefix>chapper:timeline:active (a rebuild fills a fresh one).")
 	fs.IntVar(&c.Keep, prefix+".keep", DefaultKeep, "Newest records kept on each locality's timeline.")
 	fs.DurationVar(&c.TTL, prefix+".ttl", DefaultTTL, "Lifetime of a locality's timeline keys after its last new record.")
 	c.Redis.RegisterFlags(prefix, fs)

@@ -6,11 +6,13 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -22,7 +24,37 @@ import (
 	"github.com/chapper/chapper/services/devstack/devtest"
 )
 
+// TestMain runs the tests on devtest's shared servers. Leaks are checked
+// per test (checkLeaks, in every env) since devtest.Main exits the binary
+// itself; where devtest.Main checks with goleak at the end of the binary,
+// that check applies too.
 func TestMain(m *testing.M) { devtest.Main(m) }
+
+// kafkaTest names the tests that run the consumer runtime on the shared
+// broker: its Kafka connections (kafka-go's, and the in-process broker's
+// side of them) outlive one test by design, so they are checked by the
+// end-of-binary check only. Conformance subtests are matched by prefix.
+var kafkaTest = map[string]bool{"TestPipelinePublishesPromptly": true}
+
+// checkLeaks fails t if a goroutine started after this call is still
+// running once t's later cleanups ran. Goroutines that existed before
+// (devtest's shared servers) are not counted. Benchmarks, which run the
+// consumer runtime, are not checked here.
+func checkLeaks(tb testing.TB) {
+	t, ok := tb.(*testing.T)
+	if !ok || strings.HasPrefix(t.Name(), "TestConformance/") {
+		return
+	}
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		if err := goleak.Find(before); err != nil {
+			t.Errorf("goroutines leaked by the test: %v", err)
+		}
+	})
+}
 
 // Edinburgh, DESIGN.md's test vector.
 const (
@@ -45,6 +77,9 @@ func newEnv(t testing.TB, cfg timeline.Config) *env {
 	t.Helper()
 	r := devtest.Redis(t)
 	cfg.Prefix = devtest.KeyPrefix(t)
+	if !kafkaTest[t.Name()] {
+		checkLeaks(t)
+	}
 	client := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	t.Cleanup(func() { _ = client.Close() })
 	s, err := timeline.New(client, cfg)

@@ -59,7 +59,7 @@ type Config struct {
 // RegisterFlags registers the query flags under prefix (e.g. "query" gives
 // -query.page-size) and sets every field to its default.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
-	fs.StringVar(&c.Prefix, prefix+".key-prefix", "", "Prefix of the timeline Redis keys and channels to read (the timeline sink's key prefix).")
+	fs.StringVar(&c.Prefix, prefix+".key-prefix", "", "Base prefix of the timeline Redis keys and channels to read (the timeline sink's key prefix); follows <prefix>chapper:timeline:active.")
 	fs.IntVar(&c.PageSize, prefix+".page-size", 100, "Entries per locality in a GetChunk page when the request names none, and in a WatchChunk snapshot (at most 1000).")
 	fs.DurationVar(&c.CacheTTL, prefix+".cache-ttl", 250*time.Millisecond, "How long a GetChunk answer is served from memory, unless the chunk publishes news first (at most 500ms; 0 turns the cache off).")
 	fs.IntVar(&c.WatchBuffer, prefix+".watch-buffer", 256, "Events a WatchChunk client may fall behind before it is dropped with RESOURCE_EXHAUSTED.")

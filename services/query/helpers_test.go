@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -26,7 +27,31 @@ import (
 	"github.com/chapper/chapper/services/query"
 )
 
+// TestMain runs the tests on devtest's shared servers. Leaks are checked
+// per test (checkLeaks, in every env) since devtest.Main exits the binary
+// itself; where devtest.Main checks with goleak at the end of the binary,
+// that check applies too.
 func TestMain(m *testing.M) { devtest.Main(m) }
+
+// checkLeaks fails t if a goroutine started after this call is still
+// running once t's later cleanups (service stopped, clients closed) ran.
+// Goroutines that existed before (devtest's shared servers) are not
+// counted; goleak retries for a while, so goroutines winding down pass.
+func checkLeaks(t testing.TB) {
+	t.Helper()
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		// devstack's waiter of a server process restarted by the test
+		// (proc.go, startChild) lives until the server's own cleanup,
+		// which runs after this one.
+		if err := goleak.Find(before, goleak.IgnoreAnyFunction("github.com/chapper/chapper/services/devstack.startChild.func1")); err != nil {
+			t.Errorf("goroutines leaked by the test: %v", err)
+		}
+	})
+}
 
 // edinburgh is a locality in the middle of its chunk's south-west corner
 // row; the tests fill the localities of its chunk.
@@ -75,6 +100,7 @@ func newEnvOn(t testing.TB, addr, prefix string, mutate func(*query.Config)) *en
 // reach (one for the sink and the test, one for the service).
 func newEnvWith(t testing.TB, newClient func() redis.UniversalClient, prefix string, mutate func(*query.Config)) *env {
 	t.Helper()
+	checkLeaks(t)
 	e := &env{prefix: prefix}
 	cfg := defaultConfig()
 	cfg.Prefix = prefix
