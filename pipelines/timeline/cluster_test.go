@@ -234,4 +234,14 @@ func TestClusterCorrectionAndSwitch(t *testing.T) {
 	if got["visits"] != 2 || old["visits"] != 1 {
 		t.Errorf("visits: new prefix %d (want 2: dual write, then the switch), old prefix %d (want 1)", got["visits"], old["visits"])
 	}
+	n, err := timeline.DropPrefix(ctx, e.client, e.prefix, e.prefix)
+	if err != nil || n == 0 {
+		t.Errorf("DropPrefix of the old prefix on the cluster = %d, %v", n, err)
+	}
+	if c := e.counters(t, locs[4]); len(c) != 0 {
+		t.Errorf("old prefix's counters after DropPrefix: %v", c)
+	}
+	if c := (&env{client: e.client, prefix: next}).counters(t, locs[4]); c["visits"] != 2 {
+		t.Errorf("new prefix's counters after dropping the old one: %v", c)
+	}
 }

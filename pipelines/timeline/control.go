@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -157,4 +158,102 @@ func SwitchPrefix(ctx context.Context, client redis.UniversalClient, base, newPr
 		return fmt.Errorf("switching the timeline to %q: %w", newPrefix, err)
 	}
 	return nil
+}
+
+// ErrPrefixInUse: DropPrefix was asked to drop a prefix in force.
+var ErrPrefixInUse = errors.New("timeline prefix is in use")
+
+// DropPrefix deletes every timeline key under prefix (SCAN + UNLINK, on
+// every master of a cluster), what `chapper replay clean` does with the
+// prefix a switch left behind. It refuses, with ErrPrefixInUse, the active
+// prefix and the rebuild prefix under base, and it never deletes base's
+// control keys. It returns how many keys it deleted. Keys written under
+// prefix while it runs may survive; run it after the switch.
+func DropPrefix(ctx context.Context, client redis.UniversalClient, base, prefix string) (int, error) {
+	p, err := ReadPrefixes(ctx, client, base)
+	if err != nil {
+		return 0, err
+	}
+	if prefix == p.Active || prefix == p.Rebuild {
+		return 0, fmt.Errorf("dropping timeline prefix %q: %w", prefix, ErrPrefixInUse)
+	}
+	control := map[string]bool{ActivePrefixKey(base): true, RebuildPrefixKey(base): true}
+	drop := func(ctx context.Context, c *redis.Client, batch int) (int, error) {
+		n := 0
+		pattern := globEscape(prefix) + "*"
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		var keys []string
+		flush := func() error {
+			if len(keys) == 0 {
+				return nil
+			}
+			if err := c.Unlink(ctx, keys...).Err(); err != nil {
+				return err
+			}
+			n += len(keys)
+			keys = keys[:0]
+			return nil
+		}
+		for iter.Next(ctx) {
+			k := iter.Val()
+			if control[k] || !isTimelineKey(strings.TrimPrefix(k, prefix)) {
+				continue
+			}
+			// On a cluster node keys of different slots may not share a
+			// command, so there each key is its own UNLINK.
+			keys = append(keys, k)
+			if len(keys) >= batch {
+				if err := flush(); err != nil {
+					return n, err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return n, err
+		}
+		return n, flush()
+	}
+	var total int
+	var mu sync.Mutex
+	if cc, ok := client.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			n, err := drop(ctx, c, 1)
+			mu.Lock()
+			total += n
+			mu.Unlock()
+			return err
+		})
+	} else if c, ok := client.(*redis.Client); ok {
+		total, err = drop(ctx, c, 500)
+	} else {
+		return 0, fmt.Errorf("dropping timeline prefix %q: unsupported client %T", prefix, client)
+	}
+	if err != nil {
+		return total, fmt.Errorf("dropping timeline prefix %q: %w", prefix, err)
+	}
+	return total, nil
+}
+
+// isTimelineKey reports whether a key name without its prefix is one the
+// sink writes, so that DropPrefix leaves unrelated keys that happen to
+// share the prefix alone.
+func isTimelineKey(rest string) bool {
+	for _, k := range []string{"tl:{", "seen:{", "ct:{", "rec:{", "rp:{", "id:"} {
+		if strings.HasPrefix(rest, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// globEscape escapes the SCAN MATCH metacharacters of s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -113,3 +113,41 @@ func fixedSink(t testing.TB, client redis.UniversalClient, prefix string) *timel
 	}
 	return s
 }
+
+// DropPrefix deletes the old prefix's keys after a switch, never a prefix
+// in force and never a key the sink did not write.
+func TestDropPrefix(t *testing.T) {
+	e := newEnv(t, timeline.Config{})
+	ctx := ctxT(t)
+	base, next := e.prefix, e.prefix+"r1:"
+	e.write(t, recs(t, visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0)))
+	must(t, e.client.Set(ctx, base+"other", "x", 0).Err())
+	if _, err := timeline.DropPrefix(ctx, e.client, base, base); !errors.Is(err, timeline.ErrPrefixInUse) {
+		t.Errorf("DropPrefix of the active prefix = %v, want ErrPrefixInUse", err)
+	}
+	must(t, timeline.StartRebuild(ctx, e.client, base, next))
+	if _, err := timeline.DropPrefix(ctx, e.client, base, next); !errors.Is(err, timeline.ErrPrefixInUse) {
+		t.Errorf("DropPrefix of the rebuild prefix = %v, want ErrPrefixInUse", err)
+	}
+	e.write(t, recs(t, visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0)))
+	must(t, timeline.SwitchPrefix(ctx, e.client, base, next))
+	n, err := timeline.DropPrefix(ctx, e.client, base, base)
+	must(t, err)
+	// The old prefix held the locality's 4 keys (no record was replaced)
+	// and 2 id records; the new prefix's keys start with base too but not
+	// with base's own key names, so they stay.
+	if n != 6 {
+		t.Errorf("dropped %d keys, want 6", n)
+	}
+	if c := e.counters(t, edLocality); len(c) != 0 {
+		t.Errorf("old counters still there: %v", c)
+	}
+	if c := (&env{client: e.client, prefix: next}).counters(t, edLocality); c["visits"] != 1 {
+		t.Errorf("new prefix's counters = %v, want its one visit", c)
+	}
+	for _, k := range []string{base + "other", timeline.ActivePrefixKey(base)} {
+		if n, err := e.client.Exists(ctx, k).Result(); err != nil || n != 1 {
+			t.Errorf("%s deleted (%v)", k, err)
+		}
+	}
+}
