@@ -90,7 +90,9 @@ func (l Letter) Attempt() int {
 
 // Kind returns the record kind of the origin topic; ok is false when the
 // origin topic carries no record kind.
-func (l Letter) Kind() (topic.Kind, bool) { return topic.KindOfTopic(l.Header(topic.HeaderOriginTopic)) }
+func (l Letter) Kind() (topic.Kind, bool) {
+	return topic.KindOfTopic(l.Header(topic.HeaderOriginTopic))
+}
 
 // Decode decodes the record as the message of its origin topic.
 func (l Letter) Decode() (proto.Message, error) {

@@ -143,4 +143,3 @@ func idOf(m proto.Message) string {
 	meta, _ := topic.MetaOf(m)
 	return meta.ID
 }
-
