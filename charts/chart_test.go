@@ -171,7 +171,7 @@ func TestTemplateDefault(t *testing.T) {
 	if _, err := helm(t, "template", "rel", chartDir); err == nil || !strings.Contains(err.Error(), "auth.keys") {
 		t.Fatalf("default values with auth on and no key: want a failure naming auth.keys, got %v", err)
 	}
-	ms := render(t, "--set", "auth.keys.dev\\.pem=not-a-real-key")
+	ms := render(t, "--set", "auth.keys.dev\\.pub\\.pem=not-a-real-key")
 	checkChart(t, ms, false)
 }
 

@@ -85,6 +85,9 @@ app.kubernetes.io/component: {{ .target }}
 {{- end }}
 {{- if or (eq .target "ingest") (eq .target "query") }}
 - -auth={{ ternary "on" "off" $v.auth.enabled }}
+{{- if $v.auth.enabled }}
+- -auth.keys-dir=/etc/chapper/auth
+{{- end }}
 {{- if $v.corsOrigins }}
 - -grpc.cors-origins={{ join "," $v.corsOrigins }}
 {{- end }}
