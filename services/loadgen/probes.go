@@ -65,10 +65,13 @@ type probes struct {
 	conn   *grpc.ClientConn
 	pg     *pgx.Conn
 	kafka  *kafka.Client
-	token  func(string) (string, error)
-	stats  *stats
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// transport is the kafka client's own, so stop can close its pooled
+	// connections (each holds a goroutine).
+	transport *kafka.Transport
+	token     func(string) (string, error)
+	stats     *stats
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	mu      sync.Mutex
 	lastLag [3]int64 // the newest lag reading, -1 where unknown
@@ -82,7 +85,8 @@ func startProbes(ctx context.Context, cfg ProbeConfig, addr string, ingest canva
 	pctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	if cfg.KafkaBrokers != "" {
-		p.kafka = &kafka.Client{Addr: kafka.TCP(strings.Split(cfg.KafkaBrokers, ",")...), Timeout: 5 * time.Second}
+		p.transport = &kafka.Transport{}
+		p.kafka = &kafka.Client{Addr: kafka.TCP(strings.Split(cfg.KafkaBrokers, ",")...), Timeout: 5 * time.Second, Transport: p.transport}
 		// Lag is read in its own loop, so a slow broker never delays the
 		// samples; each sample takes the newest reading.
 		p.wg.Go(func() { p.lagLoop(pctx, st.interval) })
@@ -113,6 +117,9 @@ func startProbes(ctx context.Context, cfg ProbeConfig, addr string, ingest canva
 func (p *probes) stop() {
 	p.cancel()
 	p.wg.Wait()
+	if p.transport != nil {
+		p.transport.CloseIdleConnections()
+	}
 	if p.conn != nil {
 		p.conn.Close()
 	}
