@@ -12,12 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chapper/chapper/proto/locality"
-	"github.com/chapper/chapper/proto/topic"
 	"github.com/chapper/chapper/services/devstack"
 	"github.com/chapper/chapper/services/loadgen"
 	"github.com/segmentio/kafka-go"
-	"google.golang.org/protobuf/proto"
 )
 
 // Benchmark workload (issue 3): 16 concurrent producers or clients,
@@ -60,7 +57,10 @@ func BenchmarkIngest(b *testing.B) {
 		r := startIngest(b, k.Addr())
 		cfg := testConfig(k.Addr())
 		cfg.ProduceTimeout = 10 * time.Second
-		raw := newWriter(cfg, &kafka.Transport{ClientID: "bench-raw"}, quietLog)
+		rawTransport := &kafka.Transport{ClientID: "bench-raw"}
+		// the transport's pooled connections each hold a goroutine
+		defer rawTransport.CloseIdleConnections()
+		raw := newWriter(cfg, rawTransport, quietLog)
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		write := func(msgs []kafka.Message) error { return raw.WriteMessages(ctx, msgs...) }
 		rng := rand.New(rand.NewPCG(3, 4))
@@ -161,31 +161,9 @@ func rates(xs []float64) string {
 // them: protobuf value, locality key, the four headers.
 func rawBatches(tb testing.TB, n int) [][]kafka.Message {
 	tb.Helper()
-	rng := rand.New(rand.NewPCG(1, 2))
-	out := make([][]kafka.Message, n)
-	now := time.Now()
-	for i := range out {
-		req := loadgen.Generate(rng, "visits", benchBatch, now)
-		msgs := make([]kafka.Message, len(req.Visits))
-		for j, v := range req.Visits {
-			value, err := proto.Marshal(v)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			loc, _ := locality.Of(v.Location.Latitude, v.Location.Longitude)
-			msgs[j] = kafka.Message{
-				Topic: topic.Visits,
-				Key:   strconv.AppendInt(nil, int64(loc), 10),
-				Value: value,
-				Headers: []kafka.Header{
-					{Key: topic.HeaderSchema, Value: []byte("canvass.v1.Visit")},
-					{Key: topic.HeaderClientID, Value: []byte(v.CanvasserId)},
-					{Key: topic.HeaderReceivedAt, Value: []byte(now.UTC().Format(receivedAtLayout))},
-					{Key: topic.HeaderTraceID, Value: []byte("0123456789abcdef0123456789abcdef")},
-				},
-			}
-		}
-		out[i] = msgs
+	out, err := loadgen.KafkaBatches(rand.New(rand.NewPCG(1, 2)), n, benchBatch)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return out
 }

@@ -14,29 +14,15 @@ import (
 	"github.com/chapper/chapper/services/server"
 	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
-	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// TestMain runs the tests on the devtest harness, then checks for leaked
-// goroutines once the harness stopped its servers. desertbit/timer (a
-// dependency of grpc-web) runs one goroutine from its init for the life of
-// the process, and bleve (the embedded search server, linked in through
-// devstack) starts analysis workers from its init, and devstack keeps one
-// spawner goroutine on a locked thread for the life of the process (its
-// children's parent-death signal needs it); none is ours.
-func TestMain(m *testing.M) {
-	devtest.MainCheck(m, func() error {
-		return goleak.Find(
-			goleak.IgnoreTopFunction("github.com/desertbit/timer.timerRoutine"),
-			goleak.IgnoreTopFunction("github.com/blevesearch/bleve_index_api.AnalysisWorker"),
-			goleak.IgnoreTopFunction("github.com/chapper/chapper/services/devstack.startCmd.func1.1"),
-		)
-	})
-}
+// TestMain runs the tests on the devtest harness, which checks for leaked
+// goroutines once it stopped its servers.
+func TestMain(m *testing.M) { devtest.Main(m) }
 
 // quietLog keeps test output to warnings and errors.
 var quietLog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

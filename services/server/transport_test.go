@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -198,7 +197,9 @@ func TestTLS(t *testing.T) {
 	body, _ := proto.Marshal(&healthpb.HealthCheckRequest{})
 	url := "https://" + addr + "/grpc.health.v1.Health/Check"
 	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg.Clone()}}
-	h2 := &http.Client{Transport: &http2.Transport{TLSClientConfig: tlsCfg.Clone()}}
+	h2only := &http.Transport{TLSClientConfig: tlsCfg.Clone(), Protocols: new(http.Protocols)}
+	h2only.Protocols.SetHTTP2(true)
+	h2 := &http.Client{Transport: h2only}
 	for name, c := range map[string]*http.Client{"HTTP/1.1": h1, "HTTP/2": h2} {
 		res, raw := webCall(t, ctx, c, url, "https://localhost:8443", body)
 		if res.StatusCode != http.StatusOK || !strings.Contains(raw, "grpc-status: 0") || res.Header.Get("Access-Control-Allow-Origin") != "https://localhost:8443" {

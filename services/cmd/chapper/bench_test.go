@@ -17,9 +17,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/chapper/chapper/proto/locality"
 	"github.com/chapper/chapper/services/devstack/devtest"
 	"github.com/chapper/chapper/services/loadgen"
 )
@@ -69,8 +67,11 @@ func BenchmarkDurableDev(b *testing.B) {
 		dev.Start(b)
 		waitReady(b, ctx, dev, ports.admin, 3*time.Minute)
 
+		rawTransport := &kafka.Transport{ClientID: "bench-raw"}
+		// the transport's pooled connections each hold a goroutine
+		defer rawTransport.CloseIdleConnections()
 		raw := &kafka.Writer{
-			Addr: kafka.TCP(ports.kafka), Topic: durRawTopic, Balancer: &kafka.Murmur2Balancer{},
+			Addr: kafka.TCP(ports.kafka), Topic: durRawTopic, Balancer: &kafka.Murmur2Balancer{}, Transport: rawTransport,
 			BatchTimeout: time.Millisecond, BatchSize: 1000, RequiredAcks: kafka.RequireAll,
 			Compression: compress.Lz4, AllowAutoTopicCreation: true,
 		}
@@ -160,24 +161,16 @@ func createRawTopic(b *testing.B, addr string) {
 	}
 }
 
-// rawMessages builds n batches of durBatch visits as ingest writes them
-// (protobuf value, locality key).
+// rawMessages builds n batches of durBatch visits as ingest writes them.
 func rawMessages(b *testing.B, rng *rand.Rand, n int) [][]kafka.Message {
-	out := make([][]kafka.Message, n)
-	now := time.Now()
-	for i := range out {
-		req := loadgen.Generate(rng, "visits", durBatch, now)
-		msgs := make([]kafka.Message, len(req.Visits))
-		for j, v := range req.Visits {
-			value, err := proto.Marshal(v)
-			if err != nil {
-				b.Fatal(err)
-			}
-			loc, _ := locality.Of(v.Location.Latitude, v.Location.Longitude)
-			msgs[j] = kafka.Message{Key: strconv.AppendInt(nil, int64(loc), 10), Value: value,
-				Headers: []kafka.Header{{Key: "schema", Value: []byte("canvass.v1.Visit")}}}
+	out, err := loadgen.KafkaBatches(rng, n, durBatch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, batch := range out {
+		for i := range batch {
+			batch[i].Topic = "" // the raw writer names its own topic
 		}
-		out[i] = msgs
 	}
 	return out
 }
