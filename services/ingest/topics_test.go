@@ -15,7 +15,9 @@ import (
 // with a shorter retention is found (and named in a warning).
 func TestTopicSettings(t *testing.T) {
 	k := devtest.Kafka(t)
-	client := &kafka.Client{Addr: kafka.TCP(k.Addr())}
+	transport := &kafka.Transport{}
+	t.Cleanup(transport.CloseIdleConnections) // its pooled connections hold goroutines
+	client := &kafka.Client{Addr: kafka.TCP(k.Addr()), Transport: transport}
 	ctx := testCtx(t, time.Minute)
 	// An operator created the follow-ups topic by hand with one day.
 	resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{

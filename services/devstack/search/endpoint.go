@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -169,7 +170,7 @@ func contains(list []string, s string) bool {
 // prepare does the endpoint's common checks: URL parameters, refused
 // parameters, reading and decoding the body.
 func (req *request) prepare(ep *endpoint) *esError {
-	if err := req.checkParams(append(ep.params, ep.refuse...)...); err != nil {
+	if err := req.checkParams(slices.Concat(ep.params, ep.refuse)...); err != nil {
 		return err
 	}
 	for _, p := range ep.refuse {
