@@ -464,11 +464,3 @@ func (r *run) progress() {
 		r.cfg.Progress(Progress{Done: r.done, Total: r.total, Started: r.start})
 	}
 }
-
-func recordOf(m kafka.Message) runtime.Record {
-	var headers []runtime.Header
-	for _, h := range m.Headers {
-		headers = append(headers, runtime.Header{Key: h.Key, Value: h.Value})
-	}
-	return runtime.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Headers: headers, Value: m.Value, Time: m.Time}
-}

@@ -20,12 +20,11 @@ import (
 // liveWriter writes one visit per batch through the live sink until
 // stopped, and remembers every id whose write returned.
 type liveWriter struct {
-	mu     sync.Mutex
-	ids    []string
-	msgs   []proto.Message
-	stop   chan struct{}
-	done   chan error
-	writes func() int
+	mu   sync.Mutex
+	ids  []string
+	msgs []proto.Message
+	stop chan struct{}
+	done chan error
 }
 
 func startWriter(t *testing.T, e *env, locs []locality.Index) *liveWriter {
@@ -213,7 +212,7 @@ func TestWatchCorrection(t *testing.T) {
 			corr := visit(tt.loc, time.Now(), canvassv1.Outcome_OUTCOME_ANSWERED)
 			corr.ReplacesId = orig.Id
 			e.write(t, corr)
-			for {
+			{
 				ev := w.next(t, 10*time.Second)
 				if ev.GetRecord() != nil {
 					t.Fatalf("correction sent as a plain record event %s; want a fresh snapshot", ev.GetRecord().GetId())
@@ -225,7 +224,6 @@ func TestWatchCorrection(t *testing.T) {
 				if tt.loc.Chunk() == chunk && !slices.Contains(ids[int64(tt.loc)], corr.Id) {
 					t.Fatalf("fresh snapshot lacks the correction")
 				}
-				break
 			}
 		})
 	}

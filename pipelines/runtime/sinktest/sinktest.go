@@ -438,7 +438,7 @@ func testFatal(t *testing.T, h Harness) {
 	Eventually(t, caseTimeout, func() error {
 		var fatal *runtime.FatalError
 		if err := c.Consumer.Ready(); !errors.As(err, &fatal) || !errors.Is(err, errFatal) {
-			return fmt.Errorf("Ready = %v, want the fatal error", err)
+			return fmt.Errorf("consumer readiness is %v, want the fatal error", err)
 		}
 		return nil
 	})

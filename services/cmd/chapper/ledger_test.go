@@ -46,6 +46,8 @@ type ledger struct {
 }
 
 // takeLatencies returns the latencies kept since the last call, sorted.
+//
+//lint:ignore U1000 used by the soak (soak_test.go, build tag soak)
 func (l *ledger) takeLatencies() []time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
