@@ -9,6 +9,7 @@ import (
 	"github.com/chapper/chapper/services/ingest"
 	"github.com/chapper/chapper/services/loadgen"
 	"github.com/chapper/chapper/services/server"
+	"google.golang.org/grpc"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -80,8 +81,9 @@ func TestConfigValidate(t *testing.T) {
 }
 
 // startIngest runs a real ingest service on a free port against brokers
-// until the test ends, and returns its address.
-func startIngest(t *testing.T, brokers string) string {
+// until the test ends, and returns its address; opts are the gRPC server's
+// options (authentication, for example).
+func startIngest(t *testing.T, brokers string, opts ...grpc.ServerOption) string {
 	t.Helper()
 	svc, err := ingest.New(ingest.Config{
 		Brokers: []string{brokers}, BatchLimit: 500, DedupSize: 100000, MaxFuture: time.Hour,
@@ -91,7 +93,7 @@ func startIngest(t *testing.T, brokers string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Addr: "127.0.0.1:0", ShutdownTimeout: time.Second}, nil)
+	srv, err := server.New(server.Config{Addr: "127.0.0.1:0", ShutdownTimeout: time.Second}, nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
