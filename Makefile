@@ -46,8 +46,8 @@ web: ## Type-check and bundle the web page (clients/web) into services/webapp/di
 	@bash scripts/web.sh build
 
 .PHONY: bench
-bench: setup ## Run the benchmarks; each figure is printed next to its raw baseline.
-	@bash scripts/bench.sh
+bench: setup ## Run the benchmarks (BENCH=<regexp> for a subset); each figure is printed next to its raw baseline, then one table.
+	@BENCH="$(BENCH)" bash scripts/bench.sh
 
 .PHONY: soak
 soak: setup ## One hour at 7,000 records/s with faults injected (SOAK_ARGS=-soak.duration=3m for minutes).
