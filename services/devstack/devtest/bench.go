@@ -53,11 +53,7 @@ func ReportFigure(b testing.TB, f Figure) {
 		b.Fatalf("figure %s: %v", f.Name, err)
 	}
 	f.Met = met
-	verdict := "met"
-	if !met {
-		verdict = "NOT met"
-	}
-	fmt.Printf("%s: %.4g %s (%s: %.4g, ratio %.3f); target %s %s\n", f.Name, f.Value, f.Unit, f.BaselineName, f.Baseline, f.Ratio, f.Target, verdict)
+	fmt.Println(f.line())
 	path, err := resultsPath()
 	if err != nil {
 		b.Fatal(err)
@@ -77,6 +73,23 @@ func ReportFigure(b testing.TB, f Figure) {
 	if _, err := fh.Write(append(line, '\n')); err != nil {
 		b.Fatalf("writing %s: %v", path, err)
 	}
+}
+
+// line is f on one line: the value, its baseline and ratio when it has
+// one, its target and verdict when it has one.
+func (f Figure) line() string {
+	s := fmt.Sprintf("%s: %.4g %s", f.Name, f.Value, f.Unit)
+	if f.BaselineName != "" || f.Baseline != 0 {
+		s += fmt.Sprintf(" (%s: %.4g, ratio %.3f)", f.BaselineName, f.Baseline, f.Ratio)
+	}
+	if f.Target != "" {
+		verdict := "met"
+		if !f.Met {
+			verdict = "NOT met"
+		}
+		s += fmt.Sprintf("; target %s %s", f.Target, verdict)
+	}
+	return s
 }
 
 // meets evaluates f.Target.

@@ -45,3 +45,19 @@ func TestReportFigure(t *testing.T) {
 		t.Error("a target without a direction was accepted")
 	}
 }
+
+func TestFigureLine(t *testing.T) {
+	for _, c := range []struct {
+		f    Figure
+		want string
+	}{
+		{Figure{Name: "B/x", Value: 5, Unit: "MB"}, "B/x: 5 MB"},
+		{Figure{Name: "B/r", Value: 21000, Unit: "records/s", BaselineName: "raw", Baseline: 30000, Ratio: 0.7, Target: "ratio>=0.8"},
+			"B/r: 2.1e+04 records/s (raw: 3e+04, ratio 0.700); target ratio>=0.8 NOT met"},
+		{Figure{Name: "B/p", Value: 20, Unit: "ms", Target: "<=50", Met: true}, "B/p: 20 ms; target <=50 met"},
+	} {
+		if got := c.f.line(); got != c.want {
+			t.Errorf("line() = %q, want %q", got, c.want)
+		}
+	}
+}
