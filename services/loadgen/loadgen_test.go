@@ -9,8 +9,8 @@ import (
 	"github.com/chapper/chapper/services/ingest"
 	"github.com/chapper/chapper/services/loadgen"
 	"github.com/chapper/chapper/services/server"
-	"google.golang.org/grpc"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 )
 
 func TestMain(m *testing.M) { devtest.Main(m) }
