@@ -137,7 +137,11 @@ func (l Letter) Record() (runtime.Record, error) {
 // Read returns every record on the dead-letter topic up to the high
 // watermarks read at the start, markers included, by partition and offset.
 func Read(ctx context.Context, brokers []string, dlTopic string) ([]Letter, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	// A connection pool of its own, closed on return: the default one
+	// would keep idle connections (and their goroutines) after a command.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}
 	parts, err := kafkarange.Partitions(ctx, client, dlTopic)
 	if err != nil {
 		return nil, err

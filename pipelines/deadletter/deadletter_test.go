@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 
 	"github.com/chapper/chapper/pipelines/deadletter"
 	"github.com/chapper/chapper/pipelines/runtime"
@@ -18,32 +17,8 @@ import (
 	"github.com/chapper/chapper/services/devstack/devtest"
 )
 
-// TestMain checks for leaked goroutines after the shared servers stopped;
-// kafka.DefaultTransport (used by kafka.Client values without a transport
-// of their own, here and in sinktest's helpers) keeps its idle connection
-// pools until they time out, by design.
-func TestMain(m *testing.M) {
-	devtest.Main(m,
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"))
-}
-
-// noLeaks fails t if goroutines started during t are still running once
-// its cleanups (servers, consumers) ran. devtest.Main takes the
-// *testing.M itself, so the check is per test: registered first, it runs
-// last.
-func noLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() {
-		goleak.VerifyNone(t, opt,
-			// kafka.DefaultTransport (the kafka.Client of sinktest's
-			// helpers and of deadletter.Read) keeps a pool per broker
-			// address until CloseIdleConnections
-			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-		)
-	})
-}
+// TestMain checks for leaked goroutines once the shared servers stopped.
+func TestMain(m *testing.M) { devtest.Main(m) }
 
 func timeoutCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -59,7 +34,6 @@ func timeoutCtx(t testing.TB) context.Context {
 // them, and redrive -to=origin re-produces key and value byte-identical,
 // which the live pipeline then indexes harmlessly (counts unchanged).
 func TestListShowRedrive(t *testing.T) {
-	noLeaks(t)
 	ctx := timeoutCtx(t)
 	k := devtest.Kafka(t)
 	sinktest.CreateTopics(t, k.Addr())

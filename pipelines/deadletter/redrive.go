@@ -85,8 +85,11 @@ func (r *Redrive) Run(ctx context.Context, all, sel []Letter) (Result, error) {
 	if len(todo) == 0 {
 		return res, nil
 	}
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
 	w := &kafka.Writer{
 		Addr:         kafka.TCP(r.Brokers...),
+		Transport:    tr,
 		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		BatchTimeout: 5 * time.Millisecond,
