@@ -49,6 +49,10 @@ web: ## Type-check and bundle the web page (clients/web) into services/webapp/di
 bench: setup ## Run the benchmarks (BENCH=<regexp> for a subset); each figure is printed next to its raw baseline, then one table.
 	@BENCH="$(BENCH)" bash scripts/bench.sh
 
+.PHONY: capacity
+capacity: setup ## The capacity report's measurements (docs/capacity.md): BenchmarkCapacity and two campaigns with plots.
+	@bash scripts/capacity.sh
+
 .PHONY: soak
 soak: setup ## One hour at 7,000 records/s with faults injected (SOAK_ARGS=-soak.duration=3m for minutes).
 	@bash scripts/soak.sh $(SOAK_ARGS)
