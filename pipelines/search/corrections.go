@@ -251,7 +251,7 @@ func (s *Sink) bulk(ctx context.Context, ops []bulkOp) error {
 		return fmt.Errorf("%w: %w", ErrNotIndexed, &StatusError{Status: res.StatusCode, Body: string(msg)})
 	}
 	var out struct {
-		Errors bool                                  `json:"errors"`
+		Errors bool                  `json:"errors"`
 		Items  []map[string]bulkItem `json:"items"`
 	}
 	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
