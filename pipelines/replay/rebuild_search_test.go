@@ -2,7 +2,6 @@ package replay_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -172,7 +171,7 @@ func TestRebuildSearch(t *testing.T) {
 			t.Fatalf("old generation's %s indices = %v, %v", kind, list, err)
 		}
 		for _, ix := range list {
-			oldTotal += countIndex(t, cfg, ix)
+			oldTotal += searchtest.CountIndex(t, cfg, ix)
 		}
 	}
 	if oldTotal < 320 || oldTotal > len(before)+len(during) {
@@ -191,25 +190,4 @@ func TestRebuildSearch(t *testing.T) {
 			t.Errorf("clean touched the new generation: %s counts %d, want %d", kind, got, want[kind])
 		}
 	}
-}
-
-// countIndex returns the documents of one index.
-func countIndex(t testing.TB, cfg search.Config, index string) int {
-	t.Helper()
-	es, err := search.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := es.Count(es.Count.WithIndex(index))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var out struct {
-		Count int `json:"count"`
-	}
-	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
-		t.Fatal(err)
-	}
-	return out.Count
 }

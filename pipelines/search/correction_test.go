@@ -1,7 +1,6 @@
 package search_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -126,7 +125,7 @@ func TestCorrections(t *testing.T) {
 						if want := map[string]int64{cc.option: 1}; !maps.Equal(got, want) {
 							t.Errorf("%s: intentions report counts %v, want %v", when, got, want)
 						}
-						if n := countAll(t, cfg); n != len(cc.msgs) {
+						if n := searchtest.CountIndex(t, cfg, search.Names{Prefix: cfg.IndexPrefix}.Pattern(topic.KindIntentions)); n != len(cc.msgs) {
 							t.Errorf("%s: %d documents in the indices, want %d (replaced ones are kept, marked)", when, n, len(cc.msgs))
 						}
 					}
@@ -144,25 +143,6 @@ func TestCorrections(t *testing.T) {
 			}
 		}
 	}
-}
-
-// countAll counts the documents of every intentions index under cfg's
-// prefix, marked or not.
-func countAll(t testing.TB, cfg search.Config) int {
-	t.Helper()
-	es := mustClient(t, cfg)
-	res, err := es.Count(es.Count.WithIndex(search.Names{Prefix: cfg.IndexPrefix}.Pattern(topic.KindIntentions)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var out struct {
-		Count int `json:"count"`
-	}
-	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
-		t.Fatal(err)
-	}
-	return out.Count
 }
 
 func mustClient(t testing.TB, cfg search.Config) *elasticsearch.Client {

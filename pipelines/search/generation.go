@@ -229,7 +229,9 @@ var (
 // StartRebuild installs generation gen's index templates (its mappings,
 // a higher priority than the first generation's, no aliases) and sets it
 // as the rebuild generation in the control document: from the next batch
-// on, every live sink writes to it as well as to the active generation.
+// on, every live sink writes to it as well as to the active generation. A
+// rebuild generation it replaces (an interrupted rebuild not resumed)
+// joins the old generations.
 func StartRebuild(ctx context.Context, cfg Config, gen string) error {
 	if gen == "" {
 		return fmt.Errorf("starting a search rebuild: %w", ErrGenerationInUse)
@@ -256,6 +258,10 @@ func StartRebuild(ctx context.Context, cfg Config, gen string) error {
 	}
 	if err := s.Close(ctx); err != nil {
 		return err
+	}
+	if g.Rebuild != "" && g.Rebuild != gen && !slices.Contains(g.Old, g.Rebuild) {
+		// an unfinished rebuild given up: CleanGenerations drops it
+		g.Old = append(g.Old, g.Rebuild)
 	}
 	g.Rebuild = gen
 	return WriteGenerations(ctx, es, cfg.IndexPrefix, g)
