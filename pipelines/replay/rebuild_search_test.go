@@ -9,11 +9,14 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/chapper/chapper/pipelines/replay"
+	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/runtime/sinktest"
 	"github.com/chapper/chapper/pipelines/search"
 	"github.com/chapper/chapper/pipelines/search/searchtest"
+	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/proto/topic"
 	"github.com/chapper/chapper/services/devstack/devtest"
 )
@@ -59,16 +62,18 @@ func TestRebuildSearch(t *testing.T) {
 		}
 	}
 
-	// produced[kind] is how many records of kind were produced so far.
+	// produced[kind] is how many records of kind were produced so far, or
+	// are being produced: counted before they are sent, so that no count
+	// taken before it is read can exceed it
 	var mu sync.Mutex
 	produced := kindCounts(before)
 	produce := func(msgs ...proto.Message) {
-		sinktest.ProduceRecords(t, k.Addr(), msgs...)
 		mu.Lock()
 		for kind, n := range kindCounts(msgs) {
 			produced[kind] += n
 		}
 		mu.Unlock()
+		sinktest.ProduceRecords(t, k.Addr(), msgs...)
 	}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -95,10 +100,10 @@ func TestRebuildSearch(t *testing.T) {
 		defer sampler.Done()
 		for sampling.Err() == nil {
 			for _, kind := range topic.Kinds {
+				got := searchtest.Count(t, cfg, kind)
 				mu.Lock()
 				most := produced[kind]
 				mu.Unlock()
-				got := searchtest.Count(t, cfg, kind)
 				if got > most || got < wantBefore[kind] {
 					select {
 					case sampleErr <- fmt.Errorf("during the rebuild %s counts %d, want between %d (before) and %d (produced)", kind, got, wantBefore[kind], most):
@@ -177,6 +182,29 @@ func TestRebuildSearch(t *testing.T) {
 	if oldTotal < 320 || oldTotal > len(before)+len(during) {
 		t.Errorf("old generation holds %d documents, want between 320 and %d", oldTotal, len(before)+len(during))
 	}
+
+	// a sink started after the switch sets up the new generation: a
+	// record of a month not seen yet lands in a new index of it, which
+	// joins the alias as it is created
+	var later *canvassv1.Visit
+	for _, m := range after {
+		if v, ok := m.(*canvassv1.Visit); ok && later == nil {
+			later = proto.Clone(v).(*canvassv1.Visit)
+		}
+	}
+	later.Id, later.VisitedAt = "0190c000-0000-7000-8000-000000000001", timestamppb.New(time.Date(2027, 3, 1, 9, 0, 0, 0, time.UTC))
+	restarted := searchtest.NewSink(t, cfg)
+	if got := restarted.Names().Generation; got != gen {
+		t.Fatalf("a sink started after the switch set up generation %q, want %q", got, gen)
+	}
+	if err := restarted.Write(ctx, []runtime.Record{searchtest.Record(later, time.Now(), 0)}); err != nil {
+		t.Fatal(err)
+	}
+	doc := searchtest.Get(t, cfg, topic.KindVisits, later.Id)
+	if want := newGen.Index(topic.KindVisits, later.VisitedAt.AsTime()); doc == nil || doc["_index"] != want {
+		t.Fatalf("a visit of a new month through the alias: %v, want it in %s", doc, want)
+	}
+	want[topic.KindVisits]++
 
 	cleaned, err := search.CleanGenerations(ctx, cfg)
 	if err != nil || len(cleaned.Generations) != 1 || cleaned.Generations[0] != "" || len(cleaned.Indices) == 0 {
