@@ -138,7 +138,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("chapper replay -rebuild -sink=persist: %w (replay in place without -rebuild: inserts are idempotent)", ErrNotImplemented)
 	}
 	if rebuild && (dryRun || from != "beginning" || to != "now") {
-		return errors.New("-rebuild replays the whole topics into a fresh prefix: it takes neither -dry-run nor -from/-to")
+		return errors.New("-rebuild replays the whole topics into a fresh prefix or generation: it takes neither -dry-run nor -from/-to")
 	}
 	cfg := replay.Config{Brokers: st.brokerList(), BatchSize: batchSize, Linger: linger, Resume: resume, DryRun: dryRun, Logger: log}
 	if region >= 0 {
