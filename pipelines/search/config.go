@@ -49,6 +49,14 @@ type Config struct {
 	ShardBits uint
 	// Logger receives the sink's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Generation and Fixed are not flags. With Fixed the sink writes
+	// generation Generation only, without reading the generation control
+	// document, and installs its templates without aliases: what a
+	// rebuild's replay writes through. Without Fixed the sink follows the
+	// control document and Generation is ignored.
+	Generation string
+	Fixed      bool
 }
 
 // RegisterFlags registers the configuration flags under prefix, for example

@@ -47,6 +47,12 @@ type Document struct {
 	Region      int64    `json:"region"`
 	Shard       int64    `json:"shard"`
 	ReceivedAt  string   `json:"received_at,omitempty"`
+	// ReplacesID is the record a correction replaces (replaces_id).
+	ReplacesID string `json:"replaces_id,omitempty"`
+	// Replaced is set once a correction replaced the record, or a newer
+	// correction of the same record outdid this one; the aliases do not
+	// show such documents (CurrentFilter).
+	Replaced bool `json:"replaced,omitempty"`
 
 	// Visits.
 	DwellingID string `json:"dwelling_id,omitempty"`
@@ -123,17 +129,23 @@ func NewDocument(rec runtime.Record, shardBits uint) (doc Document, kind topic.K
 		doc.Address = m.GetAddress()
 		doc.VisitedAt = doc.Timestamp
 		doc.Outcome = EnumName(m.GetOutcome().String(), "OUTCOME_")
+		doc.ReplacesID = m.GetReplacesId()
 	case *canvassv1.Intention:
 		doc.VisitID = m.GetVisitId()
 		doc.ElectorID = m.GetElectorId()
 		doc.Option = m.GetOption()
 		doc.RecordedAt = doc.Timestamp
+		doc.ReplacesID = m.GetReplacesId()
 	case *canvassv1.FollowupRequest:
 		doc.VisitID = m.GetVisitId()
 		doc.ElectorID = m.GetElectorId()
 		doc.Issue = m.GetIssue()
 		doc.Method = EnumName(m.GetMethod().String(), "METHOD_")
 		doc.RecordedAt = doc.Timestamp
+		doc.ReplacesID = m.GetReplacesId()
+	}
+	if doc.ReplacesID == doc.ID {
+		doc.ReplacesID = "" // a record cannot replace itself
 	}
 	return doc, meta.Kind, t, nil
 }

@@ -36,19 +36,34 @@ type Sink struct {
 	cfg   Config
 	es    *elasticsearch.Client
 	names Names
+	// fixed: write names.Generation only, without reading the control
+	// document (Config.Fixed).
+	fixed bool
 	bi    esutil.BulkIndexer
 	log   *slog.Logger
 }
 
 // New connects to Elasticsearch, installs the index templates (Setup) and
 // returns the sink. It fails if the server cannot be reached or refuses a
-// template; ctx bounds that set-up only.
+// template; ctx bounds that set-up only. Unless cfg.Fixed, the sink
+// follows the generation control document (ReadGenerations) at every
+// batch, and its templates are the active generation's.
 func New(ctx context.Context, cfg Config) (*Sink, error) {
 	es, err := NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Sink{cfg: cfg, es: es, names: Names{Prefix: cfg.IndexPrefix}, log: cfg.logger()}
+	if err := CheckGeneration(cfg.Generation); err != nil {
+		return nil, err
+	}
+	s := &Sink{cfg: cfg, es: es, names: Names{Prefix: cfg.IndexPrefix, Generation: cfg.Generation}, fixed: cfg.Fixed, log: cfg.logger()}
+	if !s.fixed {
+		g, err := ReadGenerations(ctx, es, cfg.IndexPrefix)
+		if err != nil {
+			return nil, err
+		}
+		s.names.Generation = g.Active
+	}
 	if err := s.Setup(ctx); err != nil {
 		return nil, err
 	}
@@ -81,22 +96,80 @@ func (s *Sink) Name() string { return "search" }
 // Client returns the sink's Elasticsearch client.
 func (s *Sink) Client() *elasticsearch.Client { return s.es }
 
-// Names returns the index, alias and template names the sink uses.
+// Names returns the index, alias and template names of the generation the
+// sink was set up for.
 func (s *Sink) Names() Names { return s.names }
 
-// Setup installs (or replaces) the index template of every kind. It is
-// idempotent. A changed template applies to indices created after it, that
-// is from the next month on, or after an index is deleted and replayed.
+// Setup installs (or replaces) the index template of every kind in the
+// sink's generation, with the aliases unless the sink is Fixed (a
+// rebuild's generation joins the aliases at the switch), and the
+// corrections ledger's template. It adds the fields of corrections
+// (replaces_id, replaced) to the kinds' existing indices and, on indices
+// behind an alias that lacks the CurrentFilter, puts the filter on the
+// alias (both are no-ops once done). It is idempotent. A changed template
+// applies to indices created after it, that is from the next month on, or
+// after a rebuild.
 func (s *Sink) Setup(ctx context.Context) error {
-	for _, k := range topic.Kinds {
-		res, err := s.es.Indices.PutIndexTemplate(s.names.Template(k), bytes.NewReader(s.names.TemplateBody(k)),
-			s.es.Indices.PutIndexTemplate.WithContext(ctx))
+	put := func(name string, body []byte) error {
+		res, err := s.es.Indices.PutIndexTemplate(name, bytes.NewReader(body), s.es.Indices.PutIndexTemplate.WithContext(ctx))
 		if err := responseError(res, err); err != nil {
-			return fmt.Errorf("installing index template %s: %w", s.names.Template(k), err)
+			return fmt.Errorf("installing index template %s: %w", name, err)
+		}
+		return nil
+	}
+	for _, k := range topic.Kinds {
+		if err := put(s.names.Template(k), s.names.TemplateBody(k, !s.fixed)); err != nil {
+			return err
 		}
 	}
-	s.log.Debug("search index templates installed", "prefix", s.names.Prefix)
+	if err := put(s.names.Prefix+"-corrections", s.names.ledgerTemplateBody()); err != nil {
+		return err
+	}
+	if err := s.upgrade(ctx); err != nil {
+		return err
+	}
+	s.log.Debug("search index templates installed", "prefix", s.names.Prefix, "generation", s.names.Generation)
 	return nil
+}
+
+// upgrade brings indices made before corrections up to date: the two
+// fields in their mappings, and the CurrentFilter on their aliases.
+func (s *Sink) upgrade(ctx context.Context) error {
+	props, _ := json.Marshal(map[string]any{"properties": map[string]any{
+		"replaces_id": map[string]any{"type": "keyword"}, "replaced": map[string]any{"type": "boolean"},
+	}})
+	for _, k := range topic.Kinds {
+		res, err := s.es.Indices.PutMapping([]string{s.names.Alias(k) + "-*"}, bytes.NewReader(props),
+			s.es.Indices.PutMapping.WithContext(ctx), s.es.Indices.PutMapping.WithAllowNoIndices(true),
+			s.es.Indices.PutMapping.WithIgnoreUnavailable(true))
+		if err := responseError(res, err); err != nil {
+			var st *StatusError
+			if errors.As(err, &st) && st.Status == http.StatusNotFound {
+				continue
+			}
+			return fmt.Errorf("adding the correction fields to %s indices: %w", s.names.Alias(k), err)
+		}
+	}
+	if s.fixed {
+		return nil
+	}
+	behind, err := AliasIndices(ctx, s.es, s.names.Prefix)
+	if err != nil {
+		return err
+	}
+	var actions []any
+	for k, list := range behind {
+		for _, ix := range list {
+			if !ix.Filtered {
+				actions = append(actions, map[string]any{"add": map[string]any{"index": ix.Name, "alias": s.names.Alias(k), "filter": CurrentFilter()}})
+			}
+		}
+	}
+	if len(actions) == 0 {
+		return nil
+	}
+	s.log.Info("search aliases: adding the filter of replaced documents", "indices", len(actions))
+	return UpdateAliases(ctx, s.es, actions)
 }
 
 // itemResult is what the bulk indexer reported for one record.
@@ -110,7 +183,10 @@ type itemResult struct {
 }
 
 // Write indexes every record of batch and returns once each one was
-// acknowledged or failed. Records that can never be indexed (no id,
+// acknowledged or failed. Unless the sink is Fixed, it first reads the
+// generation control document and writes the batch to the active
+// generation and, while a rebuild is set, to the rebuild's generation too.
+// Records that can never be indexed (no id,
 // location or time; a document the mapping rejects: an item error of type
 // document_parsing_exception, mapper_parsing_exception,
 // strict_dynamic_mapping_exception or an illegal_argument_exception about a
@@ -121,33 +197,84 @@ type itemResult struct {
 // ErrNotIndexed and dead-letters nothing. If any document was not
 // acknowledged for a reason that may pass (no connection, a 429 or 5xx for
 // the request or the item), Write returns an error wrapping ErrNotIndexed
-// and the runtime retries the batch. Cancelling ctx stops the
+// and the runtime retries the batch. Corrections are settled as
+// corrections.go describes. Cancelling ctx stops the
 // wait; documents already sent may still be indexed, which a retry
 // overwrites with the same content.
 func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	start := time.Now()
 	defer func() { writeSeconds.Observe(time.Since(start).Seconds()) }()
 
+	gens := []string{s.names.Generation}
+	if !s.fixed {
+		g, err := ReadGenerations(ctx, s.es, s.names.Prefix)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrNotIndexed, err)
+		}
+		gens = g.Writes()
+	}
+	var first *runtime.PermanentError
+	for i, gen := range gens {
+		err := s.write(ctx, Names{Prefix: s.names.Prefix, Generation: gen}, batch, i == 0)
+		var perm *runtime.PermanentError
+		switch {
+		case err == nil:
+		case errors.As(err, &perm):
+			if first == nil {
+				first = perm
+			}
+		default:
+			return err
+		}
+	}
+	if first != nil {
+		return first
+	}
+	return nil
+}
+
+// write indexes batch into generation n; count says whether to count the
+// documents in the metrics (once per batch, not per generation).
+func (s *Sink) write(ctx context.Context, n Names, batch []runtime.Record, count bool) error {
 	results := make([]itemResult, len(batch))
 	kinds := make([]topic.Kind, len(batch))
+	docs := make([]*Document, len(batch))
+	indices := make([]string, len(batch))
 	var failures []runtime.Failure
-	added := 0
+	var keys []string
 	for i, rec := range batch {
 		doc, kind, t, err := NewDocument(rec, s.cfg.ShardBits)
 		if err != nil {
-			itemErrors.WithLabelValues("invalid_record").Inc()
+			if count {
+				itemErrors.WithLabelValues("invalid_record").Inc()
+			}
 			failures = append(failures, runtime.Failure{Record: rec, Reason: err})
 			results[i] = itemResult{done: true}
 			continue
 		}
-		kinds[i] = kind
+		kinds[i], docs[i], indices[i] = kind, &doc, n.Index(kind, t)
+		keys = append(keys, ledgerKey(doc.Kind, doc.ID))
+		if doc.ReplacesID != "" {
+			keys = append(keys, ledgerKey(doc.Kind, doc.ReplacesID))
+		}
+	}
+	before, err := s.readLedger(ctx, n, keys)
+	if err != nil {
+		return err
+	}
+	added := 0
+	for i, doc := range docs {
+		if doc == nil {
+			continue
+		}
+		doc.Replaced = before.replaced(doc)
 		body, err := json.Marshal(doc)
 		if err != nil {
 			return fmt.Errorf("encoding document %s: %w", doc.ID, err)
 		}
 		res := &results[i]
 		err = s.bi.Add(ctx, esutil.BulkIndexerItem{
-			Index:      s.names.Index(kind, t),
+			Index:      indices[i],
 			Action:     "index",
 			DocumentID: doc.ID,
 			Body:       bytes.NewReader(body),
@@ -171,10 +298,14 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 
 	var transient, fatal int
 	var firstTransient, firstFatal string
+	var acked []written
 	for i, r := range results {
 		switch {
 		case r.ok:
-			docsIndexed.WithLabelValues(string(kinds[i])).Inc()
+			if count {
+				docsIndexed.WithLabelValues(string(kinds[i])).Inc()
+			}
+			acked = append(acked, written{doc: docs[i], index: indices[i]})
 		case kinds[i] == "":
 			// already listed as an invalid record
 		case r.typ != "" && documentError(r.typ, r.reason):
@@ -219,6 +350,11 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	}
 	if transient > 0 {
 		return fmt.Errorf("%w: %d of %d, first: %s", ErrNotIndexed, transient, len(batch), firstTransient)
+	}
+	if len(acked) > 0 {
+		if err := s.settleCorrections(ctx, n, acked, keys, before); err != nil {
+			return err
+		}
 	}
 	if len(failures) > 0 {
 		return &runtime.PermanentError{Failures: failures}

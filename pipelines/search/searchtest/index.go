@@ -72,6 +72,21 @@ func Count(t testing.TB, cfg search.Config, k topic.Kind) int {
 	return out.Count
 }
 
+// CountIndex returns the documents of index (a name or a pattern), read
+// directly rather than through an alias, so documents a correction
+// replaced count too; 0 if no such index exists.
+func CountIndex(t testing.TB, cfg search.Config, index string) int {
+	t.Helper()
+	Refresh(t, cfg)
+	var out struct {
+		Count int `json:"count"`
+	}
+	if status := do(t, cfg, http.MethodGet, "/"+index+"/_count", "", &out); status == http.StatusNotFound {
+		return 0
+	}
+	return out.Count
+}
+
 // Total returns the documents behind all three aliases.
 func Total(t testing.TB, cfg search.Config) int {
 	t.Helper()

@@ -119,7 +119,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&until, "until", "", "Only records whose own time is before this RFC 3339 time.")
 	fs.BoolVar(&dryRun, "dry-run", false, "Count what would be written per kind and partition; write nothing.")
 	fs.BoolVar(&resume, "resume", false, "Start each partition at the checkpoint of group chapper-replay-<sink>, where one is past -from.")
-	fs.BoolVar(&rebuild, "rebuild", false, "Rebuild the whole topics into a fresh generation while the live pipeline keeps writing, then switch to it (timeline: a new key prefix; search: not implemented yet).")
+	fs.BoolVar(&rebuild, "rebuild", false, "Rebuild the whole topics into a fresh generation while the live pipeline keeps writing, then switch to it (timeline: a new key prefix; search: a new generation of the indices, switched in one POST /_aliases).")
 	fs.BoolVar(&deleteOld, "delete-old", false, "With -rebuild, delete the old generation after the switch (else `chapper replay clean` does).")
 	fs.IntVar(&batchSize, "batch-size", runtime.DefaultBatchSize, "Most records per sink write (as the live pipeline's -<sink>.batch-size).")
 	fs.DurationVar(&linger, "linger", runtime.DefaultLinger, "Longest wait to fill a batch.")
@@ -134,11 +134,11 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if deleteOld && !rebuild {
 		return errors.New("-delete-old goes with -rebuild")
 	}
-	if rebuild && sinkName != "timeline" {
-		return fmt.Errorf("chapper replay -rebuild -sink=%s: %w for %s (timeline only; replay in place without -rebuild: every sink is idempotent)", sinkName, ErrNotImplemented, sinkName)
+	if rebuild && sinkName == "persist" {
+		return fmt.Errorf("chapper replay -rebuild -sink=persist: %w (replay in place without -rebuild: inserts are idempotent)", ErrNotImplemented)
 	}
 	if rebuild && (dryRun || from != "beginning" || to != "now") {
-		return errors.New("-rebuild replays the whole topics into a fresh prefix: it takes neither -dry-run nor -from/-to")
+		return errors.New("-rebuild replays the whole topics into a fresh prefix or generation: it takes neither -dry-run nor -from/-to")
 	}
 	cfg := replay.Config{Brokers: st.brokerList(), BatchSize: batchSize, Linger: linger, Resume: resume, DryRun: dryRun, Logger: log}
 	if region >= 0 {
@@ -180,6 +180,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("-sink: give one of %s, got %q", strings.Join(sinkNames, ", "), sinkName)
 	}
 	cfg.Group = replay.GroupPrefix + sinkName
+	if rebuild && sinkName == "search" {
+		return rebuildSearch(ctx, &st, cfg, deleteOld, progress, args, stdout, stderr, log)
+	}
 	if rebuild {
 		return rebuildTimeline(ctx, &st, cfg, deleteOld, progress, args, stdout, stderr, log)
 	}
@@ -377,6 +380,49 @@ func cleanTimeline(ctx context.Context, client redis.UniversalClient, base strin
 	return err
 }
 
+// rebuildSearch is `chapper replay -sink=search -rebuild`.
+func rebuildSearch(ctx context.Context, st *storeFlags, cfg replay.Config, deleteOld bool, progress string, args []string,
+	stdout, stderr io.Writer, log *slog.Logger) error {
+	st.search.Logger = log
+	show, stopProgress := progressDisplay(ctx, progress, "search", stderr, log)
+	cfg.Progress = show
+	gen, sum, err := replay.RebuildSearch(ctx, st.search, cfg)
+	stopProgress()
+	printSummary(stdout, "search", false, sum)
+	if errors.Is(err, replay.ErrInterrupted) {
+		fmt.Fprintf(stderr, "stopped after the batch in hand; the live pipeline keeps writing to generation %q; resume with:\n  %s\n",
+			gen, strings.Join(append([]string{"chapper", "replay"}, append(withoutFlag(args, "resume"), "-resume")...), " "))
+	}
+	if es, cerr := search.NewClient(st.search); cerr == nil {
+		if g, gerr := search.ReadGenerations(ctx, es, st.search.IndexPrefix); gerr == nil && g.Active == gen {
+			fmt.Fprintf(stdout, "search aliases switched to generation %q (indices %s); the old generation stays until `chapper replay clean -sink=search`\n",
+				gen, search.Names{Prefix: st.search.IndexPrefix, Generation: gen}.Pattern("<kind>"))
+			if deleteOld {
+				if cerr := cleanSearch(ctx, st.search, stdout); cerr != nil {
+					return cerr
+				}
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("chapper replay -sink=search -rebuild: %w", err)
+	}
+	return nil
+}
+
+func cleanSearch(ctx context.Context, cfg search.Config, stdout io.Writer) error {
+	cleaned, err := search.CleanGenerations(ctx, cfg)
+	for _, g := range cleaned.Generations {
+		name := g
+		if name == "" {
+			name = "the first generation"
+		}
+		fmt.Fprintf(stdout, "dropped old search generation %s\n", name)
+	}
+	fmt.Fprintf(stdout, "deleted %d old search indices\n", len(cleaned.Indices))
+	return err
+}
+
 // runReplayClean is `chapper replay clean`: it deletes the checkpoint
 // groups of the sinks named by -sink (all three by default).
 func runReplayClean(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -401,6 +447,11 @@ func runReplayClean(ctx context.Context, args []string, stdout, stderr io.Writer
 				return err
 			}
 			fmt.Fprintf(stdout, "deleted replay checkpoint %s\n", group)
+		}
+		if s == "search" {
+			if err := cleanSearch(ctx, st.search, stdout); err != nil {
+				return err
+			}
 		}
 		if s == "timeline" {
 			if err := st.timeline.Validate(); err != nil {

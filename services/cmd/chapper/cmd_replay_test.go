@@ -22,7 +22,7 @@ func TestReplayDeadletterErrors(t *testing.T) {
 		{name: "bad offsets", args: []string{"replay", "-sink=timeline", "-from=votes/0:1"}, want: `"votes/0:1"`},
 		{name: "bad kind", args: []string{"replay", "-sink=timeline", "-kinds=visits,votes"}, want: `-kinds: unknown kind "votes"`},
 		{name: "bad bbox", args: []string{"replay", "-sink=timeline", "-bbox=1,2"}, want: "-bbox: bounding box"},
-		{name: "search rebuild", args: []string{"replay", "-sink=search", "-rebuild"}, is: ErrNotImplemented},
+		{name: "persist rebuild", args: []string{"replay", "-sink=persist", "-rebuild"}, is: ErrNotImplemented},
 		{name: "delete-old alone", args: []string{"replay", "-sink=timeline", "-delete-old"}, want: "-delete-old goes with -rebuild"},
 		{name: "show without address", args: []string{"deadletter", "show"}, want: "give one address <partition>:<offset>"},
 		{name: "redrive without -to", args: []string{"deadletter", "redrive", "3:4"}, want: "-to must be sink or origin"},
