@@ -409,3 +409,90 @@ func TestIDStoreCluster(t *testing.T) {
 		t.Errorf("%s holds %d records, want 20", topic.Visits, n)
 	}
 }
+
+// TestIDStoreBatchSteps drives the id store's steps directly on a
+// standalone Redis (one script call per batch) and on a Redis Cluster (a
+// pipeline per node): a claim takes new ids, answers in flight for
+// another owner's claim and claimed again for the owner's own (a retried
+// call), release drops only the owner's claims, ack makes them acked with
+// their stamps. A flushed script cache (a restarted redis-server) is
+// loaded again.
+func TestIDStoreBatchSteps(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		addrs   func(testing.TB) []string
+		oneCall bool
+	}{
+		{name: "standalone", addrs: func(t testing.TB) []string { return []string{devtest.Redis(t).Addr()} }, oneCall: true},
+		{name: "cluster", addrs: devtest.RedisCluster},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: tc.addrs(t)})
+			t.Cleanup(func() { _ = client.Close() })
+			s := newIDStore(client, "steps:"+newID(t)+":", time.Hour, time.Minute)
+			if s.oneCall != tc.oneCall {
+				t.Fatalf("oneCall = %v, want %v", s.oneCall, tc.oneCall)
+			}
+			ctx := testCtx(t, 30*time.Second)
+			if tc.oneCall {
+				if err := client.ScriptFlush(ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+			stamps := []string{"s0", "s1", "s2"}
+			states := func(as []idAnswer) []claimState {
+				out := make([]claimState, len(as))
+				for k, a := range as {
+					out[k] = a.state
+				}
+				return out
+			}
+			mustClaim := func(owner string, ids []uuid.UUID, stamps []string, want ...claimState) []idAnswer {
+				t.Helper()
+				as, err := s.claim(ctx, owner, ids, stamps)
+				if err != nil {
+					t.Fatalf("claim as %s: %v", owner, err)
+				}
+				if got := states(as); !slices.Equal(got, want) {
+					t.Fatalf("claim as %s: states %v, want %v", owner, got, want)
+				}
+				return as
+			}
+			mustClaim("a", ids[:2], stamps[:2], claimed, claimed)
+			mustClaim("a", ids[:2], stamps[:2], claimed, claimed) // own claims: a retried call
+			as := mustClaim("b", ids, []string{"x0", "x1", "x2"}, inFlight, inFlight, claimed)
+			if as[0].stamp != "s0" {
+				t.Errorf("an in-flight claim's stamp = %q, want s0", as[0].stamp)
+			}
+			// b may not release a's claim; a releases ids[1] and acks ids[0].
+			if err := s.release(ctx, "b", ids[:1]); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.release(ctx, "a", ids[1:2]); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.ack(ctx, ids[:1], stamps[:1]); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.lookup(ctx, ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := states(got); !slices.Equal(st, []claimState{acked, unknown, inFlight}) || got[0].stamp != "s0" || got[2].stamp != "x2" {
+				t.Errorf("lookup after release and ack: %+v", got)
+			}
+			as = mustClaim("c", ids, []string{"y0", "y1", "y2"}, acked, claimed, inFlight)
+			if as[0].stamp != "s0" {
+				t.Errorf("an acked id's stamp = %q, want s0", as[0].stamp)
+			}
+			ttl, err := client.PTTL(ctx, s.key(ids[0])).Result()
+			if err != nil || ttl <= time.Minute || ttl > time.Hour {
+				t.Errorf("an acked id's TTL = %v (%v), want the id TTL", ttl, err)
+			}
+			if ttl, err = client.PTTL(ctx, s.key(ids[1])).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
+				t.Errorf("a claim's TTL = %v (%v), want the claim TTL", ttl, err)
+			}
+		})
+	}
+}
