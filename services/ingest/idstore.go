@@ -115,11 +115,22 @@ type idAnswer struct {
 
 func (s *idStore) key(id uuid.UUID) string {
 	var b strings.Builder
-	b.Grow(len(s.prefix) + 42)
+	b.Grow(len(s.prefix) + 41)
 	b.WriteString(s.prefix)
 	b.WriteString("id:{")
-	b.WriteString(id.String())
-	b.WriteString("}")
+	var text [36]byte // id.String() without its allocation
+	const hexDigits = "0123456789abcdef"
+	j := 0
+	for i, c := range id {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			text[j] = '-'
+			j++
+		}
+		text[j], text[j+1] = hexDigits[c>>4], hexDigits[c&0xf]
+		j += 2
+	}
+	b.Write(text[:])
+	b.WriteByte('}')
 	return b.String()
 }
 

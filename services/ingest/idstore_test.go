@@ -496,3 +496,15 @@ func TestIDStoreBatchSteps(t *testing.T) {
 		})
 	}
 }
+
+// TestIDStoreKey checks the key's form: the prefix, then the id's text in
+// its own hash tag.
+func TestIDStoreKey(t *testing.T) {
+	s := &idStore{prefix: "p:"}
+	for range 100 {
+		id := uuid.New()
+		if got, want := s.key(id), "p:id:{"+id.String()+"}"; got != want {
+			t.Fatalf("key = %q, want %q", got, want)
+		}
+	}
+}

@@ -377,11 +377,13 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 		}
 		b.lastHeaders[kind] = h
 	}
+	end := len(b.buf)
+	b.buf = strconv.AppendInt(b.buf, int64(rec.locality), 10) // the key, after the value
 	b.todo = append(b.todo, pending{result: res, uid: rec.uid, stamp: stamp, path: path, replaces: rec.replaces, msg: kafka.Message{
 		Topic: kind.Topic(),
-		Key:   strconv.AppendInt(make([]byte, 0, 12), int64(rec.locality), 10),
-		// Full slice expression: a later append to buf must not write here.
-		Value:   b.buf[start:len(b.buf):len(b.buf)],
+		// Full slice expressions: a later append to buf must not write here.
+		Key:     b.buf[end:len(b.buf):len(b.buf)],
+		Value:   b.buf[start:end:end],
 		Headers: h,
 	}})
 	return nil
@@ -589,7 +591,10 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 		ids[k], stamps[k] = todo[i].uid, todo[i].stamp
 	}
 	vals := make([]string, len(mine)) // stamp acknowledged per id, for the flight
-	defer func() { s.dedup.finish(own, ids, func(k int) string { return vals[k] }) }()
+	// This process remembers acknowledged ids itself only when the shared
+	// store is off or could not record them.
+	remember := s.store == nil
+	defer func() { s.dedup.finish(own, ids, func(k int) string { return vals[k] }, remember) }()
 
 	produce := make([]int, 0, len(mine)) // positions in mine
 	var elsewhere []int
@@ -638,7 +643,9 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 			if len(ackIDs) > 0 {
 				if err := s.store.ack(bctx, ackIDs, ackStamps); err != nil {
 					// The records are on Kafka and answered ACCEPTED; their
-					// claims expire after the claim TTL.
+					// claims expire after the claim TTL, and this instance
+					// remembers them.
+					remember = true
 					s.log.Warn("recording acknowledged ids in the id store", "ids", len(ackIDs), "trace_id", traceID, "err", err)
 				}
 			}
