@@ -66,7 +66,7 @@ func BenchmarkIngest(b *testing.B) {
 		// the transport's pooled connections each hold a goroutine
 		defer rawTransport.CloseIdleConnections()
 		raw := newWriter(cfg, rawTransport, quietLog)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		write := func(msgs []kafka.Message) error { return raw.WriteMessages(ctx, msgs...) }
 		rng := rand.New(rand.NewPCG(3, 4))
 		encode := func(records int) [][]byte {

@@ -123,6 +123,15 @@ func (d *dedup) claim(ids []uuid.UUID) (mine, acked []int, ackedVals []string, w
 	return mine, acked, ackedVals, waiting, waits, own
 }
 
+// remember adds ids, acknowledged with stamps, to the acknowledged set.
+func (d *dedup) remember(ids []uuid.UUID, stamps []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, id := range ids {
+		d.acked.add(id, stamps[k])
+	}
+}
+
 // lookup returns id's stamp when it is acknowledged.
 func (d *dedup) lookup(id uuid.UUID) (string, bool) {
 	d.mu.Lock()

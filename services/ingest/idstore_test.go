@@ -411,30 +411,26 @@ func TestIDStoreCluster(t *testing.T) {
 }
 
 // TestIDStoreBatchSteps drives the id store's steps directly on a
-// standalone Redis (one script call per batch) and on a Redis Cluster (a
-// pipeline per node): a claim takes new ids, answers in flight for
-// another owner's claim and claimed again for the owner's own (a retried
-// call), release drops only the owner's claims, ack makes them acked with
-// their stamps. A flushed script cache (a restarted redis-server) is
-// loaded again.
+// standalone Redis and on a Redis Cluster (a pipeline per node): a claim
+// takes new ids, answers in flight for another owner's claim and claimed
+// again for the owner's own (a retried call), release drops only the
+// owner's claims, ack makes them acked with their stamps and the id TTL.
+// A flushed script cache (a restarted redis-server) is loaded again.
 func TestIDStoreBatchSteps(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		addrs   func(testing.TB) []string
-		oneCall bool
+		name       string
+		addrs      func(testing.TB) []string
+		standalone bool
 	}{
-		{name: "standalone", addrs: func(t testing.TB) []string { return []string{devtest.Redis(t).Addr()} }, oneCall: true},
+		{name: "standalone", addrs: func(t testing.TB) []string { return []string{devtest.Redis(t).Addr()} }, standalone: true},
 		{name: "cluster", addrs: devtest.RedisCluster},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: tc.addrs(t)})
 			t.Cleanup(func() { _ = client.Close() })
 			s := newIDStore(client, "steps:"+newID(t)+":", time.Hour, time.Minute)
-			if s.oneCall != tc.oneCall {
-				t.Fatalf("oneCall = %v, want %v", s.oneCall, tc.oneCall)
-			}
 			ctx := testCtx(t, 30*time.Second)
-			if tc.oneCall {
+			if tc.standalone {
 				if err := client.ScriptFlush(ctx).Err(); err != nil {
 					t.Fatal(err)
 				}
@@ -505,6 +501,49 @@ func TestIDStoreKey(t *testing.T) {
 		id := uuid.New()
 		if got, want := s.key(id), "p:id:{"+id.String()+"}"; got != want {
 			t.Fatalf("key = %q, want %q", got, want)
+		}
+	}
+}
+
+// TestIDStoreAckOnShutdown checks that the shared store's ack, which
+// Submit no longer waits for, has landed when the service stopped: Run
+// returns only after the acks in progress, so an accepted id is never left
+// as a claim that would expire.
+func TestIDStoreAckOnShutdown(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	cfg := testConfig(k.Addr())
+	withStore(rd.Addr(), "shutdown:"+newID(t)+":")(&cfg)
+	svc, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	if err := svc.WaitReady(testCtx(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	req := &canvassv1.SubmitRequest{}
+	for range 50 {
+		req.Visits = append(req.Visits, validVisit(t))
+	}
+	resp, err := svc.Submit(testCtx(t, 30*time.Second), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel() // at once: the acks may still be in progress
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer client.Close()
+	for i, res := range resp.GetResults() {
+		wantStatus(t, res, canvassv1.Status_STATUS_ACCEPTED, "")
+		v, err := client.Get(testCtx(t, 10*time.Second), svc.store.key(uuid.MustParse(req.Visits[i].GetId()))).Result()
+		if err != nil || !strings.HasPrefix(v, "a") {
+			t.Fatalf("after shutdown the store holds %q (%v) for an accepted id, want it acknowledged", v, err)
 		}
 	}
 }

@@ -592,9 +592,8 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 	}
 	vals := make([]string, len(mine)) // stamp acknowledged per id, for the flight
 	// This process remembers acknowledged ids itself only when the shared
-	// store is off or could not record them.
-	remember := s.store == nil
-	defer func() { s.dedup.finish(own, ids, func(k int) string { return vals[k] }, remember) }()
+	// store is off (or could not record them: ackInBackground).
+	defer func() { s.dedup.finish(own, ids, func(k int) string { return vals[k] }, s.store == nil) }()
 
 	produce := make([]int, 0, len(mine)) // positions in mine
 	var elsewhere []int
@@ -637,24 +636,18 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 			}
 		}
 		if s.store != nil {
-			// Bookkeeping even when the caller went away: the records are on
-			// Kafka (ack) or must be free for the retry (release).
-			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
 			if len(ackIDs) > 0 {
-				if err := s.store.ack(bctx, ackIDs, ackStamps); err != nil {
-					// The records are on Kafka and answered ACCEPTED; their
-					// claims expire after the claim TTL, and this instance
-					// remembers them.
-					remember = true
-					s.log.Warn("recording acknowledged ids in the id store", "ids", len(ackIDs), "trace_id", traceID, "err", err)
-				}
+				s.ackInBackground(ctx, ackIDs, ackStamps, traceID)
 			}
 			if len(relIDs) > 0 {
+				// Even when the caller went away: the ids must be free for
+				// the retry.
+				bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
 				if err := s.store.release(bctx, owner, relIDs); err != nil {
 					s.log.Warn("releasing ids whose produce failed", "ids", len(relIDs), "trace_id", traceID, "err", err)
 				}
+				cancel()
 			}
-			cancel()
 		}
 		if werr != nil {
 			return nil, werr
@@ -684,6 +677,29 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 		}
 	}
 	return again, nil
+}
+
+// ackInBackground records ids, which the broker acknowledged, as
+// acknowledged in the shared id store, while Submit answers: the Submit
+// does not wait for that round trip. Nothing is answered wrongly
+// meanwhile: until the ack lands, the ids hold this Submit's claims, so
+// another Submit of them (on any instance) sees them in flight and waits
+// for the ack, and only an acknowledged id is ever answered DUPLICATE or
+// CONFLICT. When the ack fails, the records are on Kafka and were answered
+// ACCEPTED: their claims expire after the claim TTL, and this instance
+// remembers them itself so that it never produces them again. Shutdown
+// waits for acks in progress (they count as active Submits).
+func (s *Service) ackInBackground(ctx context.Context, ids []uuid.UUID, stamps []string, traceID string) {
+	s.active.Add(1) // inside a Submit, which holds active: Wait cannot have returned
+	go func() {
+		defer s.active.Done()
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
+		defer cancel()
+		if err := s.store.ack(bctx, ids, stamps); err != nil {
+			s.dedup.remember(ids, stamps)
+			s.log.Warn("recording acknowledged ids in the id store", "ids", len(ids), "trace_id", traceID, "err", err)
+		}
+	}()
 }
 
 // errStillInFlight is returned when another instance's produce of an id did
