@@ -514,14 +514,7 @@ func TestIDStoreAckOnShutdown(t *testing.T) {
 	rd := devtest.Redis(t)
 	cfg := testConfig(k.Addr())
 	withStore(rd.Addr(), "shutdown:"+newID(t)+":")(&cfg)
-	svc, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
+	svc, stop := runService(t, cfg)
 	if err := svc.WaitReady(testCtx(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -533,8 +526,7 @@ func TestIDStoreAckOnShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cancel() // at once: the acks may still be in progress
-	if err := <-done; err != nil {
+	if err := stop(); err != nil { // at once: the acks may still be in progress
 		t.Fatalf("Run: %v", err)
 	}
 	client := redis.NewClient(&redis.Options{Addr: rd.Addr()})
