@@ -144,6 +144,8 @@ type Verifier struct {
 	keys   *KeySet
 	parser *jwt.Parser
 	now    func() time.Time
+	skew   time.Duration
+	cache  *tokenCache // tokens that verified, by their bytes
 }
 
 // NewVerifier returns a Verifier for the keys and the configuration's
@@ -169,14 +171,35 @@ func newVerifier(cfg Config, keys *KeySet, now func() time.Time) (*Verifier, err
 		jwt.WithTimeFunc(now),
 		jwt.WithStrictDecoding(),
 	)
-	return &Verifier{keys: keys, parser: p, now: now}, nil
+	return &Verifier{keys: keys, parser: p, now: now, skew: cfg.ClockSkew, cache: newTokenCache(tokenCacheSize)}, nil
 }
 
 // Verify checks a token (without the "Bearer " prefix): its kid names a
 // known key, its header's algorithm is that key's, the signature verifies,
 // and exp, nbf, iat, iss and aud hold; then that it names a canvasser and a
 // known role, and a well-formed area when it has one.
+//
+// A token that verified is remembered by its exact bytes and answered
+// again without checking its signature while the clock is inside the
+// window the checks allow (up to exp plus the clock skew); the Claims
+// returned are then shared by every call with that token and must not be
+// modified.
 func (v *Verifier) Verify(token string) (*Claims, error) {
+	if c, ok := v.cache.get(token, v.now()); ok {
+		tokenCacheHits.Inc()
+		return c, nil
+	}
+	tokenCacheMisses.Inc()
+	c, err := v.verify(token)
+	if err != nil {
+		return nil, err
+	}
+	v.cache.put(token, c, v.skew)
+	return c, nil
+}
+
+// verify checks token in full.
+func (v *Verifier) verify(token string) (*Claims, error) {
 	claims := &Claims{}
 	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chapper/chapper/services/devstack"
+	"github.com/chapper/chapper/services/devstack/devtest"
 	"github.com/chapper/chapper/services/loadgen"
 	"github.com/segmentio/kafka-go"
 )
@@ -33,12 +34,16 @@ const (
 // as chapper dev runs it), the raw kafka-go
 // produce rate and ingest's throughput with the same writer settings (the
 // median of three alternating rounds each, since this machine is shared),
-// then the ack latency of both at 7,000 records/s offered.
+// then the ack latency of both at 7,000 records/s offered. Ingest runs as
+// production does: authentication (an ES256 token), the limits and the
+// shared id store (a private redis-server) on; the id store's own cost,
+// redis-server's CPU time per record, is reported separately.
 //
 // Both sides start from encoded records: the raw producers write
 // pre-built Kafka messages, the ingest clients send pre-encoded
-// SubmitRequests, so the difference is ingest's own work (gRPC, decoding,
-// validation, dedup, encoding) and the clients' gRPC framing.
+// SubmitRequests, so the difference is ingest's own work (gRPC, token,
+// limits, decoding, validation, dedup and id store, encoding) and the
+// clients' gRPC framing.
 func BenchmarkIngest(b *testing.B) {
 	fsync := os.Getenv("CHAPPER_BENCH_SYNC") == "1"
 	label := "kfake in-process, in memory"
@@ -54,14 +59,14 @@ func BenchmarkIngest(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		r := startIngest(b, k.Addr())
+		r := startAuthIngest(b, k.Addr())
 		cfg := testConfig(k.Addr())
 		cfg.ProduceTimeout = 10 * time.Second
 		rawTransport := &kafka.Transport{ClientID: "bench-raw"}
 		// the transport's pooled connections each hold a goroutine
 		defer rawTransport.CloseIdleConnections()
 		raw := newWriter(cfg, rawTransport, quietLog)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		write := func(msgs []kafka.Message) error { return raw.WriteMessages(ctx, msgs...) }
 		rng := rand.New(rand.NewPCG(3, 4))
 		encode := func(records int) [][]byte {
@@ -74,7 +79,7 @@ func BenchmarkIngest(b *testing.B) {
 		submit := func(reqs [][]byte, records int, rate float64) loadgen.Result {
 			res, err := loadgen.Run(ctx, loadgen.Config{
 				Addr: r.addr, Records: records, Rate: rate, Clients: benchClients, BatchSize: benchBatch,
-				Kind: "visits", Timeout: 10 * time.Second, Requests: reqs,
+				Kind: "visits", Timeout: 10 * time.Second, Requests: reqs, Token: r.token,
 			})
 			if err != nil || res.Failed > 0 || res.Accepted != records {
 				b.Fatalf("ingest run: %v; %v", err, res)
@@ -83,23 +88,23 @@ func BenchmarkIngest(b *testing.B) {
 		}
 
 		var rawRates, ingestRates []float64
-		var rawCPU, ingestCPU time.Duration
+		var rawCPU, ingestCPU, redisCPU time.Duration
 		for range benchRounds {
 			batches := rawBatches(b, benchRecords/benchBatch)
 			reqs := encode(benchRecords)
 			cpu0, start := cpuTime(), time.Now()
 			paced(ctx, b, batches, 0, write)
 			rawRates = append(rawRates, float64(benchRecords)/time.Since(start).Seconds())
-			cpu1 := cpuTime()
+			cpu1, rc0 := cpuTime(), r.redisCPU(b)
 			ingestRates = append(ingestRates, submit(reqs, benchRecords, 0).PerSecond())
 			rawCPU += cpu1 - cpu0
 			ingestCPU += cpuTime() - cpu1
+			redisCPU += r.redisCPU(b) - rc0
 		}
 		// CPU time per record of this whole process (producers or clients,
 		// ingest, broker): unlike the rates, it hardly moves when other
 		// work shares the machine.
-		rawUS := float64(rawCPU) / 1e3 / (benchRounds * benchRecords)
-		ingestUS := float64(ingestCPU) / 1e3 / (benchRounds * benchRecords)
+		perRec := func(d time.Duration) float64 { return float64(d) / 1e3 / (benchRounds * benchRecords) }
 		rawRate, ingestRate := median(rawRates), median(ingestRates)
 
 		interval := time.Second * benchBatch / benchRate
@@ -109,21 +114,19 @@ func BenchmarkIngest(b *testing.B) {
 		_ = raw.Close()
 		_ = k.Close()
 
-		b.ReportMetric(ingestRate, "ingest-records/s")
-		b.ReportMetric(rawRate, "raw-records/s")
-		b.ReportMetric(100*ingestRate/rawRate, "ingest-%-of-raw")
-		b.ReportMetric(ingestUS, "ingest-cpu-us/record")
-		b.ReportMetric(rawUS, "raw-cpu-us/record")
-		b.ReportMetric(ms(lat.Percentile(50)), "ingest-p50-ms")
-		b.ReportMetric(ms(lat.Percentile(99)), "ingest-p99-ms")
-		b.ReportMetric(ms(pct(rawLat, 50)), "raw-p50-ms")
-		b.ReportMetric(ms(pct(rawLat, 99)), "raw-p99-ms")
-		fmt.Printf("ingest (%s): %.0f rec/s = %.0f%% of raw kafka-go %.0f rec/s (%d clients vs %d producers, batches of %d, acks=all, %s; median of %d rounds: ingest %s, raw %s)\n",
-			label, ingestRate, 100*ingestRate/rawRate, rawRate, benchClients, benchClients, benchBatch, cfg.Compression, benchRounds, rates(ingestRates), rates(rawRates))
-		fmt.Printf("ingest CPU per record: %.1f us (clients + ingest + broker) vs raw %.1f us (producers + broker): CPU-bound, ingest would reach %.0f%% of raw\n",
-			ingestUS, rawUS, 100*rawUS/ingestUS)
-		fmt.Printf("ingest ack latency at %d rec/s offered: p50 %.2f ms, p99 %.2f ms (raw kafka-go at the same rate: p50 %.2f ms, p99 %.2f ms)\n",
-			benchRate, ms(lat.Percentile(50)), ms(lat.Percentile(99)), ms(pct(rawLat, 50)), ms(pct(rawLat, 99)))
+		fmt.Printf("ingest with auth + limits + shared id store (%s): %d clients vs %d producers, batches of %d, acks=all, %s; median of %d rounds: ingest %s, raw %s; CPU per record of this process (clients or producers + ingest + broker)\n",
+			label, benchClients, benchClients, benchBatch, cfg.Compression, benchRounds, rates(ingestRates), rates(rawRates))
+		const rawName = "raw kafka-go producers, same writer settings and broker"
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIngest/ingest-records-per-s", Value: ingestRate, Unit: "records/s",
+			BaselineName: rawName, Baseline: rawRate, Target: "ratio>=0.8"})
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIngest/ingest-cpu-us-per-record", Value: perRec(ingestCPU), Unit: "us",
+			BaselineName: rawName, Baseline: perRec(rawCPU), Target: "ratio<=1.5"})
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIngest/idstore-redis-cpu-us-per-record", Value: perRec(redisCPU), Unit: "us",
+			BaselineName: "ingest process CPU per record", Baseline: perRec(ingestCPU)})
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIngest/ingest-p50-ms-at-7000", Value: ms(lat.Percentile(50)), Unit: "ms",
+			BaselineName: rawName + ", same rate", Baseline: ms(pct(rawLat, 50))})
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIngest/ingest-p99-ms-at-7000", Value: ms(lat.Percentile(99)), Unit: "ms",
+			BaselineName: rawName + ", same rate", Baseline: ms(pct(rawLat, 99))})
 	}
 }
 

@@ -13,7 +13,10 @@ import (
 // being produced right now (in flight), so that neither a resubmitted record
 // nor two concurrent submits of one record are produced twice. It is the
 // in-process fast path; across instances and restarts the shared id store
-// (idstore.go) decides. An id enters the acknowledged
+// (idstore.go) decides, and the acknowledged set holds only the ids the
+// store failed to record (it answers for the others anyway, and probing a
+// large set for every new id cost 5% of ingest's CPU), so that this
+// instance still never produces one twice. An id enters the acknowledged
 // set only after its acknowledgement: a record whose produce failed is
 // produced again when the client retries. Ids are keyed as 16-byte UUIDs:
 // cheaper to hash than their 36-character text.
@@ -120,6 +123,15 @@ func (d *dedup) claim(ids []uuid.UUID) (mine, acked []int, ackedVals []string, w
 	return mine, acked, ackedVals, waiting, waits, own
 }
 
+// remember adds ids, acknowledged with stamps, to the acknowledged set.
+func (d *dedup) remember(ids []uuid.UUID, stamps []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, id := range ids {
+		d.acked.add(id, stamps[k])
+	}
+}
+
 // lookup returns id's stamp when it is acknowledged.
 func (d *dedup) lookup(id uuid.UUID) (string, bool) {
 	d.mu.Lock()
@@ -128,16 +140,20 @@ func (d *dedup) lookup(id uuid.UUID) (string, bool) {
 }
 
 // finish ends the caller's flight f, whose k-th claimed id is ids[k]; val(k)
-// is the stamp it was acknowledged with, "" when it was not, and only an
-// acknowledged id enters the acknowledged set.
-func (d *dedup) finish(f *flight, ids []uuid.UUID, val func(k int) string) {
+// is the stamp it was acknowledged with, "" when it was not. With remember,
+// the acknowledged ids enter the acknowledged set; without (the shared id
+// store recorded them and answers for them), only the flight's waiters
+// learn their stamps.
+func (d *dedup) finish(f *flight, ids []uuid.UUID, val func(k int) string, remember bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for k, id := range ids {
 		delete(d.inFlight, id)
 		if v := val(k); v != "" {
 			f.val[k] = v
-			d.acked.add(id, v)
+			if remember {
+				d.acked.add(id, v)
+			}
 		}
 	}
 	close(f.done)

@@ -31,7 +31,7 @@ func TestDedup(t *testing.T) {
 			return "stamp-a"
 		}
 		return ""
-	})
+	}, true)
 	select {
 	case <-waits[0].f.done:
 	default:
@@ -45,8 +45,8 @@ func TestDedup(t *testing.T) {
 	if !slices.Equal(mine, []int{0}) || len(waiting) != 0 {
 		t.Fatalf("retry claim: mine %v waiting %v", mine, waiting)
 	}
-	d.finish(flightB, []uuid.UUID{c}, func(int) string { return "stamp-c" })
-	d.finish(flightB2, []uuid.UUID{b}, func(int) string { return "stamp-b" })
+	d.finish(flightB, []uuid.UUID{c}, func(int) string { return "stamp-c" }, true)
+	d.finish(flightB2, []uuid.UUID{b}, func(int) string { return "stamp-b" }, true)
 	// a, c, b acknowledged in that order; the set holds two: a is gone.
 	mine, dups, vals, _, _, _ := d.claim([]uuid.UUID{b, c, a})
 	if !slices.Equal(dups, []int{0, 1}) || !slices.Equal(mine, []int{2}) || !slices.Equal(vals, []string{"stamp-b", "stamp-c"}) {

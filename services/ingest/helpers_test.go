@@ -6,6 +6,7 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,6 +99,29 @@ func startIngestWith(t testing.TB, brokers string, opts []grpc.ServerOption, edi
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return &running{svc: svc, srv: srv, addr: addr, conn: conn, client: canvassv1.NewIngestServiceClient(conn)}
+}
+
+// runService runs a Service on cfg without a gRPC server (call Submit
+// directly). stop cancels Run and returns what it returned; the test's end
+// stops it too.
+func runService(t testing.TB, cfg Config) (svc *Service, stop func() error) {
+	t.Helper()
+	svc, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return svc, stop
 }
 
 // testCtx returns a context cancelled after d or when t ends.

@@ -409,3 +409,133 @@ func TestIDStoreCluster(t *testing.T) {
 		t.Errorf("%s holds %d records, want 20", topic.Visits, n)
 	}
 }
+
+// TestIDStoreBatchSteps drives the id store's steps directly on a
+// standalone Redis and on a Redis Cluster (a pipeline per node): a claim
+// takes new ids, answers in flight for another owner's claim and claimed
+// again for the owner's own (a retried call), release drops only the
+// owner's claims, ack makes them acked with their stamps and the id TTL.
+// A flushed script cache (a restarted redis-server) is loaded again.
+func TestIDStoreBatchSteps(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		addrs      func(testing.TB) []string
+		standalone bool
+	}{
+		{name: "standalone", addrs: func(t testing.TB) []string { return []string{devtest.Redis(t).Addr()} }, standalone: true},
+		{name: "cluster", addrs: devtest.RedisCluster},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: tc.addrs(t)})
+			t.Cleanup(func() { _ = client.Close() })
+			s := newIDStore(client, "steps:"+newID(t)+":", time.Hour, time.Minute)
+			ctx := testCtx(t, 30*time.Second)
+			if tc.standalone {
+				if err := client.ScriptFlush(ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+			stamps := []string{"s0", "s1", "s2"}
+			states := func(as []idAnswer) []claimState {
+				out := make([]claimState, len(as))
+				for k, a := range as {
+					out[k] = a.state
+				}
+				return out
+			}
+			mustClaim := func(owner string, ids []uuid.UUID, stamps []string, want ...claimState) []idAnswer {
+				t.Helper()
+				as, err := s.claim(ctx, owner, ids, stamps)
+				if err != nil {
+					t.Fatalf("claim as %s: %v", owner, err)
+				}
+				if got := states(as); !slices.Equal(got, want) {
+					t.Fatalf("claim as %s: states %v, want %v", owner, got, want)
+				}
+				return as
+			}
+			mustClaim("a", ids[:2], stamps[:2], claimed, claimed)
+			mustClaim("a", ids[:2], stamps[:2], claimed, claimed) // own claims: a retried call
+			as := mustClaim("b", ids, []string{"x0", "x1", "x2"}, inFlight, inFlight, claimed)
+			if as[0].stamp != "s0" {
+				t.Errorf("an in-flight claim's stamp = %q, want s0", as[0].stamp)
+			}
+			// b may not release a's claim; a releases ids[1] and acks ids[0].
+			if err := s.release(ctx, "b", ids[:1]); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.release(ctx, "a", ids[1:2]); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.ack(ctx, ids[:1], stamps[:1]); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.lookup(ctx, ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := states(got); !slices.Equal(st, []claimState{acked, unknown, inFlight}) || got[0].stamp != "s0" || got[2].stamp != "x2" {
+				t.Errorf("lookup after release and ack: %+v", got)
+			}
+			as = mustClaim("c", ids, []string{"y0", "y1", "y2"}, acked, claimed, inFlight)
+			if as[0].stamp != "s0" {
+				t.Errorf("an acked id's stamp = %q, want s0", as[0].stamp)
+			}
+			ttl, err := client.PTTL(ctx, s.key(ids[0])).Result()
+			if err != nil || ttl <= time.Minute || ttl > time.Hour {
+				t.Errorf("an acked id's TTL = %v (%v), want the id TTL", ttl, err)
+			}
+			if ttl, err = client.PTTL(ctx, s.key(ids[1])).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
+				t.Errorf("a claim's TTL = %v (%v), want the claim TTL", ttl, err)
+			}
+		})
+	}
+}
+
+// TestIDStoreKey checks the key's form: the prefix, then the id's text in
+// its own hash tag.
+func TestIDStoreKey(t *testing.T) {
+	s := &idStore{prefix: "p:"}
+	for range 100 {
+		id := uuid.New()
+		if got, want := s.key(id), "p:id:{"+id.String()+"}"; got != want {
+			t.Fatalf("key = %q, want %q", got, want)
+		}
+	}
+}
+
+// TestIDStoreAckOnShutdown checks that the shared store's ack, which
+// Submit no longer waits for, has landed when the service stopped: Run
+// returns only after the acks in progress, so an accepted id is never left
+// as a claim that would expire.
+func TestIDStoreAckOnShutdown(t *testing.T) {
+	k := devtest.Kafka(t)
+	rd := devtest.Redis(t)
+	cfg := testConfig(k.Addr())
+	withStore(rd.Addr(), "shutdown:"+newID(t)+":")(&cfg)
+	svc, stop := runService(t, cfg)
+	if err := svc.WaitReady(testCtx(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	req := &canvassv1.SubmitRequest{}
+	for range 50 {
+		req.Visits = append(req.Visits, validVisit(t))
+	}
+	resp, err := svc.Submit(testCtx(t, 30*time.Second), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil { // at once: the acks may still be in progress
+		t.Fatalf("Run: %v", err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer client.Close()
+	for i, res := range resp.GetResults() {
+		wantStatus(t, res, canvassv1.Status_STATUS_ACCEPTED, "")
+		v, err := client.Get(testCtx(t, 10*time.Second), svc.store.key(uuid.MustParse(req.Visits[i].GetId()))).Result()
+		if err != nil || !strings.HasPrefix(v, "a") {
+			t.Fatalf("after shutdown the store holds %q (%v) for an accepted id, want it acknowledged", v, err)
+		}
+	}
+}

@@ -541,15 +541,8 @@ func TestNotReadyUntilTopics(t *testing.T) {
 	addr := free.Addr()
 	_ = free.Close()
 
-	cfg := testConfig(addr)
-	svc, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
+	svc, stop := runService(t, testConfig(addr))
+	ctx := testCtx(t, 60*time.Second)
 	time.Sleep(300 * time.Millisecond) // a few failed attempts; nothing to poll for
 	if err := svc.Ready(); err == nil {
 		t.Fatal("ready without kafka")
@@ -568,8 +561,7 @@ func TestNotReadyUntilTopics(t *testing.T) {
 	if err := svc.WaitReady(wctx); err != nil {
 		t.Fatal(err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 }

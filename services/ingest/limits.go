@@ -32,17 +32,22 @@ type limits struct {
 	maxInFlight int64 // 0: no limit
 	inFlight    atomic.Int64
 
-	mu      sync.Mutex
-	buckets map[string]*bucket
+	// buckets maps a canvasser to its *bucket. A sync.Map rather than a
+	// map under one mutex: every Submit looks its bucket up, almost always
+	// an existing one, and those lookups take no lock shared by all
+	// canvassers (each rate.Limiter has its own).
+	buckets  sync.Map
+	nBuckets atomic.Int64
+	sweeping sync.Mutex // one sweep at a time
 }
 
 type bucket struct {
 	lim  *rate.Limiter
-	last time.Time
+	last atomic.Int64 // unix nanoseconds of the last Submit
 }
 
 func newLimits(cfg Config) *limits {
-	return &limits{rate: rate.Limit(cfg.RatePerCanvasser), burst: cfg.RateBurst, maxInFlight: int64(cfg.MaxInFlight), buckets: map[string]*bucket{}}
+	return &limits{rate: rate.Limit(cfg.RatePerCanvasser), burst: cfg.RateBurst, maxInFlight: int64(cfg.MaxInFlight)}
 }
 
 // exhausted is RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
@@ -74,18 +79,9 @@ func (l *limits) allow(ctx context.Context, n int, now time.Time) error {
 	if l.rate <= 0 || n == 0 || key == "" {
 		return nil
 	}
-	l.mu.Lock()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= maxBuckets {
-			l.sweep(now)
-		}
-		b = &bucket{lim: rate.NewLimiter(l.rate, l.burst)}
-		l.buckets[key] = b
-	}
-	b.last = now
+	b := l.bucket(key, now)
+	b.last.Store(now.UnixNano())
 	r := b.lim.ReserveN(now, n)
-	l.mu.Unlock()
 	if !r.OK() {
 		// n > burst: Config.Validate keeps the burst above the batch limit.
 		limitedTotal.WithLabelValues("rate").Inc()
@@ -99,14 +95,38 @@ func (l *limits) allow(ctx context.Context, n int, now time.Time) error {
 	return nil
 }
 
-// sweep drops the buckets idle long enough to be full again. l.mu is held.
-func (l *limits) sweep(now time.Time) {
-	refill := time.Duration(float64(l.burst) / float64(l.rate) * float64(time.Second))
-	for k, b := range l.buckets {
-		if now.Sub(b.last) > refill {
-			delete(l.buckets, k)
-		}
+// bucket returns key's bucket, making it when there is none.
+func (l *limits) bucket(key string, now time.Time) *bucket {
+	if b, ok := l.buckets.Load(key); ok {
+		return b.(*bucket)
 	}
+	if l.nBuckets.Load() >= maxBuckets {
+		l.sweep(now)
+	}
+	b, loaded := l.buckets.LoadOrStore(key, &bucket{lim: rate.NewLimiter(l.rate, l.burst)})
+	if !loaded {
+		l.nBuckets.Add(1)
+	}
+	return b.(*bucket)
+}
+
+// sweep drops the buckets idle long enough to be full again. A bucket
+// dropped while a Submit still holds it only forgets what that Submit
+// took: a full bucket holds nothing worth keeping.
+func (l *limits) sweep(now time.Time) {
+	if !l.sweeping.TryLock() {
+		return // another Submit is sweeping
+	}
+	defer l.sweeping.Unlock()
+	refill := time.Duration(float64(l.burst) / float64(l.rate) * float64(time.Second))
+	l.buckets.Range(func(k, v any) bool {
+		if now.Sub(time.Unix(0, v.(*bucket).last.Load())) > refill {
+			if l.buckets.CompareAndDelete(k, v) {
+				l.nBuckets.Add(-1)
+			}
+		}
+		return true
+	})
 }
 
 // callerKey names the caller for its bucket: the token's canvasser; ""

@@ -3,7 +3,6 @@ package ingest
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"strings"
 
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
@@ -63,18 +62,20 @@ func makeStamp(kind topic.Kind, canvasser string, encoded []byte) (string, error
 	out = append(out, kindByte[kind])
 	out = binary.AppendUvarint(out, uint64(len(canvasser)))
 	out = append(out, canvasser...)
-	hashes := make([]uint64, n+1)
+	var fixed [32]uint64 // no allocation for up to 31 fields
+	hashes := fixed[:]
+	if n+1 > len(fixed) {
+		hashes = make([]uint64, n+1)
+	}
 	for b := encoded; len(b) > 0; {
 		num, _, size := protowire.ConsumeField(b)
 		if size < 0 {
 			return "", fmt.Errorf("reading the encoded record (%s): %w", singular[kind], protowire.ParseError(size))
 		}
 		if int(num) <= n {
-			h := fnv.New64a()
-			_, _ = h.Write(b[:size])
 			// Fields repeat never in canvass.v1 records; if one did, the
 			// mix keeps every occurrence in the hash.
-			hashes[num] = hashes[num]*31 + h.Sum64()
+			hashes[num] = hashes[num]*31 + fnv64a(b[:size])
 		}
 		b = b[size:]
 	}
@@ -82,6 +83,21 @@ func makeStamp(kind topic.Kind, canvasser string, encoded []byte) (string, error
 		out = binary.BigEndian.AppendUint64(out, hashes[num])
 	}
 	return string(out), nil
+}
+
+// fnv64a is the 64-bit FNV-1a hash of b, as hash/fnv's New64a computes it,
+// without its allocation (the hash.Hash escapes).
+func fnv64a(b []byte) uint64 {
+	const (
+		offset64 = 14695981039346656037
+		prime64  = 1099511628211
+	)
+	h := uint64(offset64)
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= prime64
+	}
+	return h
 }
 
 // stampInfo is a parsed stamp.
