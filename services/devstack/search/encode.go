@@ -299,13 +299,8 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 		}
 		return leafValue{n: sortableFloat(fv)}, nil
 	case typeDate:
-		var s string
-		switch x := v.(type) {
-		case string:
-			s = x
-		case json.Number:
-			s = string(x)
-		default:
+		s, ok := dateText(v)
+		if !ok {
 			return fail("expected a date but found %s", jsonKind(v))
 		}
 		ms, err := f.formats.parse(s, time.UTC, false)
@@ -345,13 +340,8 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 		}
 		return leafValue{n: ulongToSigned(u)}, nil
 	case typeDateNanos:
-		var s string
-		switch x := v.(type) {
-		case string:
-			s = x
-		case json.Number:
-			s = string(x)
-		default:
+		s, ok := dateText(v)
+		if !ok {
 			return fail("expected a date but found %s", jsonKind(v))
 		}
 		ns, err := f.formats.parseNanos(s, time.UTC, false)
@@ -384,6 +374,18 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 		return leafValue{lat: lat, lon: lon}, nil
 	}
 	return fail("field [%s] of type [%s] cannot hold a value", path, f.Type)
+}
+
+// dateText is the text of a date value: a string, or a number (epoch
+// millis).
+func dateText(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		return x, true
+	case json.Number:
+		return string(x), true
+	}
+	return "", false
 }
 
 func jsonKind(v any) string {

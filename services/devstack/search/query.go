@@ -1239,13 +1239,9 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 			}
 			formats = ff
 		}
-		loc, lerr := parseTimeZone(q.timeZone)
-		if lerr != nil {
-			return 0, false, parsingError("%v", lerr)
-		}
-		s, ok := scalarString(v)
-		if !ok {
-			return 0, false, queryError("failed to create query: [%s] is not a date", compactJSON(v))
+		loc, s, berr := dateBound(q, v)
+		if berr != nil {
+			return 0, false, berr
 		}
 		// gt and lte round up, gte and lt round down
 		roundUp := upper == inclusive
@@ -1295,13 +1291,9 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 		if q.format != "" {
 			return 0, false, unsupported("parsing_exception", "[range] format on date_nanos field ["+q.field+"]")
 		}
-		loc, lerr := parseTimeZone(q.timeZone)
-		if lerr != nil {
-			return 0, false, parsingError("%v", lerr)
-		}
-		s, ok := scalarString(v)
-		if !ok {
-			return 0, false, queryError("failed to create query: [%s] is not a date", compactJSON(v))
+		loc, s, berr := dateBound(q, v)
+		if berr != nil {
+			return 0, false, berr
 		}
 		if strings.Contains(s, "||") || strings.HasPrefix(s, "now") {
 			return 0, false, unsupported("parsing_exception", "date math ["+s+"] on date_nanos field ["+q.field+"]")
@@ -1347,6 +1339,20 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 		return math.MinInt64, false, nil
 	}
 	return adjustBound(int64(fv), upper, inclusive)
+}
+
+// dateBound reads a date range bound: the query's time zone and the
+// bound's text.
+func dateBound(q qRange, v any) (*time.Location, string, *esError) {
+	loc, err := parseTimeZone(q.timeZone)
+	if err != nil {
+		return nil, "", parsingError("%v", err)
+	}
+	s, ok := scalarString(v)
+	if !ok {
+		return nil, "", queryError("failed to create query: [%s] is not a date", compactJSON(v))
+	}
+	return loc, s, nil
 }
 
 // adjustBound makes an exclusive bound inclusive.
