@@ -1,6 +1,7 @@
 package search
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -12,11 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/blevesearch/bleve/v2"
-	"github.com/blevesearch/bleve/v2/analysis/analyzer/keyword"
-	"github.com/blevesearch/bleve/v2/index/scorch"
-	blevemapping "github.com/blevesearch/bleve/v2/mapping"
 )
 
 // Workload sizes; CHAPPER_SEARCH_BENCH_DOCS overrides both document counts
@@ -92,77 +88,28 @@ func loadServer(b testing.TB, url, index string, d benchData) float64 {
 
 func bytesContains(b []byte, s string) bool { return strings.Contains(string(b), s) }
 
-// rawBleveRate indexes the same documents with bleve's own mapping and
-// batches (the baseline: what bleve alone costs).
-func rawBleveRate(b testing.TB, d benchData) float64 {
+// ReportFigure is devtest.ReportFigure, set by figure_test.go (package
+// search_test, since devtest imports this package).
+var ReportFigure func(b testing.TB, name, unit string, value float64, baselineName string, baseline float64, target string)
+
+// baselineDocs renders d as the documents of BleveBaseline.
+func baselineDocs(b testing.TB, d benchData) []BaselineDoc {
 	b.Helper()
-	im := bleve.NewIndexMapping()
-	dm := bleve.NewDocumentStaticMapping()
-	kw := bleve.NewKeywordFieldMapping()
-	kw.Analyzer = keyword.Name
-	kw.Store = false
-	kw.DocValues = true
-	for _, f := range []string{"id", "visit_id", "elector_id", "option", "canvasser_id", "kind"} {
-		dm.AddFieldMappingsAt(f, kw)
+	out := make([]BaselineDoc, len(d.docs))
+	for i, doc := range d.docs {
+		body, err := json.Marshal(doc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[i] = BaselineDoc{ID: d.ids[i], Body: body}
 	}
-	num := bleve.NewNumericFieldMapping()
-	num.Store = false
-	for _, f := range []string{"locality", "chunk", "region", "shard"} {
-		dm.AddFieldMappingsAt(f, num)
-	}
-	dt := bleve.NewDateTimeFieldMapping()
-	dt.Store = false
-	for _, f := range []string{"recorded_at", "received_at"} {
-		dm.AddFieldMappingsAt(f, dt)
-	}
-	gp := blevemapping.NewGeoPointFieldMapping()
-	gp.Store = false
-	dm.AddFieldMappingsAt("location", gp)
-	im.DefaultMapping = dm
-	idx, err := bleve.NewUsing(b.TempDir()+"/raw", im, scorch.Name, scorch.Name, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer idx.Close()
-	work := make(chan int)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var failed error
-	start := time.Now()
-	for range benchWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				batch := idx.NewBatch()
-				for j := i; j < min(i+benchBatch, len(d.docs)); j++ {
-					if err := batch.Index(d.ids[j], d.docs[j]); err != nil {
-						mu.Lock()
-						failed = err
-						mu.Unlock()
-					}
-				}
-				if err := idx.Batch(batch); err != nil {
-					mu.Lock()
-					failed = err
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := 0; i < len(d.docs); i += benchBatch {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if failed != nil {
-		b.Fatal(failed)
-	}
-	return float64(len(d.docs)) / time.Since(start).Seconds()
+	return out
 }
 
 // BenchmarkBulkIndexing loads benchDocs documents through _bulk over HTTP
-// and, as the baseline, straight into bleve with bleve's own mapping.
+// (benchWorkers clients, benchBatch documents a request) and, as the
+// baseline in the same run, straight into Bleve (BleveBaseline: the same
+// documents, mapping and batch size).
 func BenchmarkBulkIndexing(b *testing.B) {
 	if testing.Short() {
 		b.Skip("starts a search server")
@@ -172,11 +119,18 @@ func BenchmarkBulkIndexing(b *testing.B) {
 		s := startServer(b, b.TempDir())
 		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`}}`, 200)
 		rate := loadServer(b, s.URL(), "canvass-intentions-2026.11", d)
-		raw := rawBleveRate(b, d)
+		raw, err := BleveBaseline(b.TempDir(), []byte(canvassMapping), baselineDocs(b, d), benchBatch, benchWorkers)
+		if err != nil {
+			b.Fatal(err)
+		}
 		b.ReportMetric(rate, "docs/s")
 		b.ReportMetric(raw, "raw-bleve-docs/s")
 		fmt.Printf("bulk: %.0f docs/s through _bulk = %.0f%% of raw bleve batch indexing %.0f docs/s (%d docs, batches of %d, %d workers)\n",
 			rate, 100*rate/raw, raw, len(d.docs), benchBatch, benchWorkers)
+		if ReportFigure != nil {
+			ReportFigure(b, "BenchmarkBulkIndexing/bulk-docs-per-s", "docs/s", rate,
+				fmt.Sprintf("Bleve batch indexing, same documents, mapping and batches of %d, %d workers", benchBatch, benchWorkers), raw, ">=25000")
+		}
 	}
 }
 
