@@ -141,9 +141,11 @@ func postBulk(client *http.Client, url string, body []byte) error {
 // BenchmarkIndexer measures documents per second through the sink, in the
 // runtime's default batches of 500, against raw _bulk requests of the same
 // documents to the same server: 500 per request one at a time (the sink's
-// batch shape), and 5 MB bodies two at a time (the server's ceiling). The
-// three take turns chunk by chunk, each into indices of its own, so that
-// a change in the machine's load touches them alike.
+// batch shape), and 5 MB bodies two at a time (the server's ceiling); and
+// against Bleve batch-indexing the same documents in-process in batches
+// of 500 one at a time (the reported baseline). The four take turns chunk
+// by chunk, each into indices of its own, so that a change in the
+// machine's load touches them alike.
 func BenchmarkIndexer(b *testing.B) {
 	srv := searchtest.Start(b)
 	recs := searchtest.Generate(11, benchIndexDocs).Records()
@@ -154,8 +156,17 @@ func BenchmarkIndexer(b *testing.B) {
 		searchtest.NewSink(b, raw500cfg) // installs the templates
 		searchtest.NewSink(b, bigcfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		var tRaw500, tSink, tBig time.Duration
+		bb := newBleveBaseline(b)
+		var tRaw500, tSink, tBig, tBleve time.Duration
 		runs := []func(part []runtime.Record){
+			func(part []runtime.Record) {
+				// the sink's batches, one at a time
+				took, err := bb.Load(baselineDocs(b, cfg, part), 500, 1)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tBleve += took
+			},
 			func(part []runtime.Record) {
 				tRaw500 += rawBulk(b, srv.URL(), bulkBodies(b, raw500cfg, part, 500, 1<<30), 1)
 			},
@@ -186,7 +197,10 @@ func BenchmarkIndexer(b *testing.B) {
 		}
 		n := float64(len(recs))
 		viaSink, raw500, rawBig := n/tSink.Seconds(), n/tRaw500.Seconds(), n/tBig.Seconds()
-		bleveRate := bleveBaseline(b, cfg, recs, 500)
+		if err := bb.Close(); err != nil {
+			b.Fatal(err)
+		}
+		bleveRate := n / tBleve.Seconds()
 		b.ReportMetric(viaSink, "docs/s")
 		b.ReportMetric(raw500, "raw500-docs/s")
 		b.ReportMetric(rawBig, "rawbulk-docs/s")
@@ -199,11 +213,9 @@ func BenchmarkIndexer(b *testing.B) {
 	}
 }
 
-// bleveBaseline batch-indexes the documents the sink would write for recs
-// straight into one Bleve index (searchsrv.BleveBaseline), with the
-// mapping of every kind's fields and batches of batch documents one at a
-// time, as the sink writes them, and returns documents per second.
-func bleveBaseline(tb testing.TB, cfg search.Config, recs []runtime.Record, batch int) float64 {
+// newBleveBaseline creates the Bleve baseline of BenchmarkIndexer
+// (searchsrv.BleveBaseline) with the mapping of every kind's fields.
+func newBleveBaseline(tb testing.TB) *searchsrv.BleveBaseline {
 	tb.Helper()
 	props := map[string]any{}
 	for _, k := range []topic.Kind{topic.KindVisits, topic.KindIntentions, topic.KindFollowups} {
@@ -215,6 +227,16 @@ func bleveBaseline(tb testing.TB, cfg search.Config, recs []runtime.Record, batc
 	if err != nil {
 		tb.Fatal(err)
 	}
+	bb, err := searchsrv.NewBleveBaseline(tb.TempDir(), mapping)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return bb
+}
+
+// baselineDocs are the documents the sink would write for recs.
+func baselineDocs(tb testing.TB, cfg search.Config, recs []runtime.Record) []searchsrv.BaselineDoc {
+	tb.Helper()
 	docs := make([]searchsrv.BaselineDoc, 0, len(recs))
 	for _, rec := range recs {
 		doc, _, _, err := search.NewDocument(rec, cfg.ShardBits)
@@ -227,11 +249,7 @@ func bleveBaseline(tb testing.TB, cfg search.Config, recs []runtime.Record, batc
 		}
 		docs = append(docs, searchsrv.BaselineDoc{ID: doc.ID, Body: body})
 	}
-	rate, err := searchsrv.BleveBaseline(tb.TempDir(), mapping, docs, batch, 1)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return rate
+	return docs
 }
 
 // Report-latency workload: up to benchReportDocs documents, loaded within

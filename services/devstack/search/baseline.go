@@ -22,23 +22,30 @@ type BaselineDoc struct {
 
 // BleveBaseline is the raw Bleve figure the indexing benchmarks print
 // next to the server's: the same documents, decoded from the same JSON,
-// batch-indexed straight into one Bleve (scorch) index under dir with
-// Bleve's own mapping of the same Elasticsearch mapping (properties of
+// batch-indexed straight into one Bleve (scorch) index under a directory
+// with Bleve's own mapping of the same Elasticsearch mapping (properties of
 // type keyword, text, long/integer/short/byte, double/float, date,
-// boolean, geo_point), batches of batch documents from workers goroutines,
-// each batch durable (fsync) before the next, as the server's writes. It
-// is tuned as far as Bleve's mapping allows: no composite _all field, no
-// term vectors, no stored fields but the source, which is stored once,
-// doc values only on the types the server sorts and aggregates
-// (keywords, numbers, dates, booleans). It returns documents per second.
-func BleveBaseline(dir string, esMapping []byte, docs []BaselineDoc, batch, workers int) (float64, error) {
+// boolean, geo_point), each batch durable (fsync) before it returns, as
+// the server's writes. It is tuned as far as Bleve's mapping allows: no
+// composite _all field, no term vectors, no stored fields but the source,
+// which is stored once, doc values only on the types the server sorts and
+// aggregates (keywords, numbers, dates, booleans). A benchmark loads it
+// in turns with the server (Load), so that the machine's load touches
+// both alike.
+type BleveBaseline struct {
+	idx bleve.Index
+}
+
+// NewBleveBaseline creates the baseline's index under dir for esMapping
+// (an Elasticsearch mapping with properties).
+func NewBleveBaseline(dir string, esMapping []byte) (*BleveBaseline, error) {
 	var m struct {
 		Properties map[string]struct {
 			Type string `json:"type"`
 		} `json:"properties"`
 	}
 	if err := json.Unmarshal(esMapping, &m); err != nil {
-		return 0, fmt.Errorf("reading the mapping: %w", err)
+		return nil, fmt.Errorf("reading the mapping: %w", err)
 	}
 	im := bleve.NewIndexMapping()
 	im.StoreDynamic, im.IndexDynamic, im.DocValuesDynamic = false, false, false
@@ -64,7 +71,7 @@ func BleveBaseline(dir string, esMapping []byte, docs []BaselineDoc, batch, work
 		case "geo_point":
 			fm = tune(blevemapping.NewGeoPointFieldMapping(), false)
 		default:
-			return 0, fmt.Errorf("field %s: type %s has no baseline mapping", name, p.Type)
+			return nil, fmt.Errorf("field %s: type %s has no baseline mapping", name, p.Type)
 		}
 		dm.AddFieldMappingsAt(name, fm)
 	}
@@ -74,10 +81,14 @@ func BleveBaseline(dir string, esMapping []byte, docs []BaselineDoc, batch, work
 	im.DefaultMapping = dm
 	idx, err := bleve.NewUsing(filepath.Join(dir, "baseline"), im, scorch.Name, scorch.Name, nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	defer idx.Close()
+	return &BleveBaseline{idx: idx}, nil
+}
 
+// Load indexes docs in batches of batch documents from workers goroutines
+// and returns how long it took.
+func (bb *BleveBaseline) Load(docs []BaselineDoc, batch, workers int) (time.Duration, error) {
 	work := make(chan []BaselineDoc)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -95,7 +106,7 @@ func BleveBaseline(dir string, esMapping []byte, docs []BaselineDoc, batch, work
 		go func() {
 			defer wg.Done()
 			for part := range work {
-				b := idx.NewBatch()
+				b := bb.idx.NewBatch()
 				for _, d := range part {
 					var v map[string]any
 					if err := json.Unmarshal(d.Body, &v); err != nil {
@@ -107,7 +118,7 @@ func BleveBaseline(dir string, esMapping []byte, docs []BaselineDoc, batch, work
 						fail(fmt.Errorf("document %s: %w", d.ID, err))
 					}
 				}
-				if err := idx.Batch(b); err != nil {
+				if err := bb.idx.Batch(b); err != nil {
 					fail(err)
 				}
 			}
@@ -118,8 +129,8 @@ func BleveBaseline(dir string, esMapping []byte, docs []BaselineDoc, batch, work
 	}
 	close(work)
 	wg.Wait()
-	if failed != nil {
-		return 0, failed
-	}
-	return float64(len(docs)) / time.Since(start).Seconds(), nil
+	return time.Since(start), failed
 }
+
+// Close closes the baseline's index.
+func (bb *BleveBaseline) Close() error { return bb.idx.Close() }

@@ -22,7 +22,7 @@ import (
 // parseIP parses an IPv4 or IPv6 literal as Elasticsearch accepts it (no
 // zone, no CIDR).
 func parseIP(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	a, err := netip.ParseAddr(s)
 	if err != nil || a.Zone() != "" {
 		return netip.Addr{}, fmt.Errorf("'%s' is not an IP string literal.", s)
 	}

@@ -331,6 +331,10 @@ const minSplit = 250
 // building counts the Bleve batches being written across the server.
 var building atomic.Int32
 
+// splitWrites turns the parallel parts of writeBatch on (the benchmark
+// that measures them turns them off for its baseline).
+var splitWrites = true
+
 // writeBatch writes batch to ii and returns once it is durable. Bleve
 // builds a batch's segment on the calling goroutine, so a large batch
 // written while cores are idle (one bulk request at a time, as the search
@@ -341,7 +345,7 @@ var building atomic.Int32
 func (s *Server) writeBatch(ii index.Index, batch *index.Batch) error {
 	n := len(batch.IndexOps)
 	parts := min(runtime.GOMAXPROCS(0)-int(building.Load()), n/minSplit)
-	if parts <= 1 {
+	if parts <= 1 || !splitWrites {
 		building.Add(1)
 		defer building.Add(-1)
 		return ii.Batch(batch)
