@@ -209,7 +209,7 @@ func BenchmarkIndexer(b *testing.B) {
 			viaSink, cfg.Workers, 100*viaSink/raw500, raw500, cfg.FlushBytes>>20, cfg.Workers, rawBig, len(recs))
 		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIndexer/sink-docs-per-s", Value: viaSink, Unit: "docs/s",
 			BaselineName: "Bleve batch indexing in-process, same documents, mapping and batches of 500, one at a time",
-			Baseline: bleveRate, Target: ">=20000"})
+			Baseline:     bleveRate, Target: ">=20000"})
 	}
 }
 
