@@ -166,7 +166,7 @@ func BenchmarkSingleWriter(b *testing.B) {
 	}
 	const perRequest, chunk = 500, 2500
 	d := genBenchData(min(benchDocs, 20_000))
-	defer func() { splitWrites = true }()
+	defer func(was bool) { splitWrites = was }(splitWrites)
 	for range b.N {
 		s := startServer(b, b.TempDir())
 		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`}}`, 200)

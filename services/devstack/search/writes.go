@@ -331,14 +331,18 @@ const minSplit = 250
 // building counts the Bleve batches being written across the server.
 var building atomic.Int32
 
-// splitWrites turns the parallel parts of writeBatch on (the benchmark
-// that measures them turns them off for its baseline).
-var splitWrites = true
+// splitWrites turns the parallel parts of writeBatch on. They are off:
+// BenchmarkSingleWriter, which alternates both, measured them slower than
+// one Bleve batch per request on the shared 2-core machine (scorch merges
+// the parts in memory again before persisting them); it is the switch
+// for measuring them again.
+var splitWrites = false
 
 // writeBatch writes batch to ii and returns once it is durable. Bleve
-// builds a batch's segment on the calling goroutine, so a large batch
-// written while cores are idle (one bulk request at a time, as the search
-// sink sends them) is split by document into parts written concurrently,
+// builds a batch's segment on the calling goroutine, so with splitWrites
+// a large batch written while cores are idle (one bulk request at a time,
+// as the search sink sends them) is split by document into parts written
+// concurrently,
 // each a segment of its own built on its own core. A _bulk request is
 // not atomic in Elasticsearch either; the response waits for every part
 // to be durable, and the sequence-number watermark goes with each part.
