@@ -331,12 +331,9 @@ const minSplit = 250
 // building counts the Bleve batches being written across the server.
 var building atomic.Int32
 
-// splitWrites turns the parallel parts of writeBatch on. They are off:
-// BenchmarkSingleWriter, which alternates both, measured them slower than
-// one Bleve batch per request on the shared 2-core machine (scorch merges
-// the parts in memory again before persisting them); it is the switch
-// for measuring them again.
-var splitWrites = false
+// splitWrites turns the parallel parts of writeBatch on;
+// BenchmarkSingleWriter turns it off for its baseline.
+var splitWrites = true
 
 // writeBatch writes batch to ii and returns once it is durable. Bleve
 // builds a batch's segment on the calling goroutine, so with splitWrites
