@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -16,10 +18,21 @@ import (
 	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/search"
 	"github.com/chapper/chapper/pipelines/search/searchtest"
+	"github.com/chapper/chapper/proto/topic"
+	"github.com/chapper/chapper/services/devstack/devtest"
+	searchsrv "github.com/chapper/chapper/services/devstack/search"
 )
 
-// benchIndexDocs is the workload of BenchmarkIndexer.
-const benchIndexDocs = 30_000
+// benchIndexDocs is the workload of BenchmarkIndexer;
+// CHAPPER_SEARCH_INDEXER_DOCS overrides it (a smaller run on a busy
+// machine).
+var benchIndexDocs = 30_000
+
+func init() {
+	if n, err := strconv.Atoi(os.Getenv("CHAPPER_SEARCH_INDEXER_DOCS")); err == nil && n > 0 {
+		benchIndexDocs = n
+	}
+}
 
 // bulkBodies encodes recs as _bulk bodies of at most perBody documents and
 // maxBytes bytes each, with the index and id the sink would use.
@@ -128,9 +141,11 @@ func postBulk(client *http.Client, url string, body []byte) error {
 // BenchmarkIndexer measures documents per second through the sink, in the
 // runtime's default batches of 500, against raw _bulk requests of the same
 // documents to the same server: 500 per request one at a time (the sink's
-// batch shape), and 5 MB bodies two at a time (the server's ceiling). The
-// three take turns chunk by chunk, each into indices of its own, so that
-// a change in the machine's load touches them alike.
+// batch shape), and 5 MB bodies two at a time (the server's ceiling); and
+// against Bleve batch-indexing the same documents in-process in batches
+// of 500 one at a time (the reported baseline). The four take turns chunk
+// by chunk, each into indices of its own, so that a change in the
+// machine's load touches them alike.
 func BenchmarkIndexer(b *testing.B) {
 	srv := searchtest.Start(b)
 	recs := searchtest.Generate(11, benchIndexDocs).Records()
@@ -140,9 +155,18 @@ func BenchmarkIndexer(b *testing.B) {
 		sink := searchtest.NewSink(b, cfg)
 		searchtest.NewSink(b, raw500cfg) // installs the templates
 		searchtest.NewSink(b, bigcfg)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		var tRaw500, tSink, tBig time.Duration
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		bb := newBleveBaseline(b)
+		var tRaw500, tSink, tBig, tBleve time.Duration
 		runs := []func(part []runtime.Record){
+			func(part []runtime.Record) {
+				// the sink's batches, one at a time
+				took, err := bb.Load(baselineDocs(b, cfg, part), 500, 1)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tBleve += took
+			},
 			func(part []runtime.Record) {
 				tRaw500 += rawBulk(b, srv.URL(), bulkBodies(b, raw500cfg, part, 500, 1<<30), 1)
 			},
@@ -173,12 +197,59 @@ func BenchmarkIndexer(b *testing.B) {
 		}
 		n := float64(len(recs))
 		viaSink, raw500, rawBig := n/tSink.Seconds(), n/tRaw500.Seconds(), n/tBig.Seconds()
+		if err := bb.Close(); err != nil {
+			b.Fatal(err)
+		}
+		bleveRate := n / tBleve.Seconds()
 		b.ReportMetric(viaSink, "docs/s")
 		b.ReportMetric(raw500, "raw500-docs/s")
 		b.ReportMetric(rawBig, "rawbulk-docs/s")
+		b.ReportMetric(bleveRate, "raw-bleve-docs/s")
 		fmt.Printf("search indexer: %.0f docs/s through the sink (batches of 500, %d workers) = %.0f%% of raw _bulk with the same batches %.0f docs/s; raw _bulk with %d MB bodies x%d: %.0f docs/s (%d docs each)\n",
 			viaSink, cfg.Workers, 100*viaSink/raw500, raw500, cfg.FlushBytes>>20, cfg.Workers, rawBig, len(recs))
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIndexer/sink-docs-per-s", Value: viaSink, Unit: "docs/s",
+			BaselineName: "Bleve batch indexing in-process, same documents, mapping and batches of 500, one at a time",
+			Baseline:     bleveRate, Target: ">=20000"})
 	}
+}
+
+// newBleveBaseline creates the Bleve baseline of BenchmarkIndexer
+// (searchsrv.BleveBaseline) with the mapping of every kind's fields.
+func newBleveBaseline(tb testing.TB) *searchsrv.BleveBaseline {
+	tb.Helper()
+	props := map[string]any{}
+	for _, k := range []topic.Kind{topic.KindVisits, topic.KindIntentions, topic.KindFollowups} {
+		for name, p := range search.Mappings(k)["properties"].(map[string]any) {
+			props[name] = p
+		}
+	}
+	mapping, err := json.Marshal(map[string]any{"properties": props})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	bb, err := searchsrv.NewBleveBaseline(tb.TempDir(), mapping)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return bb
+}
+
+// baselineDocs are the documents the sink would write for recs.
+func baselineDocs(tb testing.TB, cfg search.Config, recs []runtime.Record) []searchsrv.BaselineDoc {
+	tb.Helper()
+	docs := make([]searchsrv.BaselineDoc, 0, len(recs))
+	for _, rec := range recs {
+		doc, _, _, err := search.NewDocument(rec, cfg.ShardBits)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		body, err := json.Marshal(doc)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		docs = append(docs, searchsrv.BaselineDoc{ID: doc.ID, Body: body})
+	}
+	return docs
 }
 
 // Report-latency workload: up to benchReportDocs documents, loaded within

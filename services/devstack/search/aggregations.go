@@ -444,6 +444,12 @@ func kindName(k valueKind) string {
 		return "date"
 	case kindBool:
 		return "boolean"
+	case kindIP:
+		return "ip"
+	case kindULong:
+		return "unsigned_long"
+	case kindDateNanos:
+		return "date_nanos"
 	}
 	return "unmapped"
 }
@@ -461,16 +467,20 @@ func aggFieldUsable(a *aggSpec, f *fieldMapping, indexName string) *esError {
 	}
 	switch a.typ {
 	case "sum", "avg", "min", "max":
-		if f.Type == typeKeyword {
-			return badRequest("Field [%s] of type [keyword] is not supported for aggregation [%s]", a.field, a.typ)
+		if f.Type == typeKeyword || f.Type == typeIP {
+			return badRequest("Field [%s] of type [%s] is not supported for aggregation [%s]", a.field, f.Type, a.typ)
 		}
+	}
+	if f.Type == typeDateNanos && a.typ != "cardinality" && a.typ != "value_count" {
+		// Elasticsearch aggregates date_nanos in milliseconds
+		return unsupported("illegal_argument_exception", fmt.Sprintf("aggregation [%s] on date_nanos field [%s] (supported: cardinality, value_count)", a.typ, a.field))
 	}
 	return nil
 }
 
 // dvField is the bleve field holding a mapped field's doc values.
 func dvField(f *fieldMapping, path string) string {
-	if f.Type == typeKeyword {
+	if f.Type == typeKeyword || f.Type == typeIP {
 		return path
 	}
 	return prefixDV + path
@@ -535,7 +545,7 @@ func (t *termsState) collect(d *docVals) {
 		return
 	}
 	sv := &d.slots[t.slot]
-	if sv.kind == kindString {
+	if sv.kind.stringDV() {
 		for i := range sv.strs {
 			b := d.str(t.slot, i)
 			if i > 0 && d.seenStr(t.slot, i) {
@@ -705,7 +715,7 @@ func (c *cardState) collect(d *docVals) {
 		return
 	}
 	sv := &d.slots[c.slot]
-	if sv.kind == kindString {
+	if sv.kind.stringDV() {
 		for i := range sv.strs {
 			b := d.str(c.slot, i)
 			if _, ok := c.str[string(b)]; !ok {
@@ -762,14 +772,18 @@ func (m *metricState) collect(d *docVals) {
 		return
 	}
 	sv := &d.slots[m.slot]
-	if sv.kind == kindString {
+	if sv.kind.stringDV() {
 		m.count += int64(len(sv.strs))
 		return
 	}
 	for _, n := range sv.nums {
-		if sv.kind == kindDouble {
+		switch sv.kind {
+		case kindDouble:
 			m.add(floatFromSortable(n))
-		} else {
+		case kindULong:
+			// Elasticsearch converts unsigned_long values to doubles
+			m.add(float64(signedToULong(n)))
+		default:
 			m.add(float64(n))
 		}
 	}
@@ -883,7 +897,7 @@ type renderBucket struct {
 
 func (sp *aggSpec) compareKeys(a, b *renderBucket) int {
 	switch sp.kind {
-	case kindString:
+	case kindString, kindIP:
 		return strings.Compare(a.str, b.str)
 	case kindDouble:
 		return cmpFloat(floatFromSortable(a.num), floatFromSortable(b.num))
@@ -956,6 +970,12 @@ func (sp *aggSpec) renderKey(o obj, b *renderBucket) obj {
 	switch sp.kind {
 	case kindString:
 		return append(o, kv{"key", b.str})
+	case kindIP:
+		return append(o, kv{"key", ipString(b.str)})
+	case kindULong:
+		// a number, no key_as_string (Elasticsearch's LongTerms with the
+		// unsigned_long format)
+		return append(o, kv{"key", signedToULong(b.num)})
 	case kindDouble:
 		return append(o, kv{"key", floatFromSortable(b.num)})
 	case kindDate:

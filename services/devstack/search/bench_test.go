@@ -1,6 +1,7 @@
 package search
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -12,11 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/blevesearch/bleve/v2"
-	"github.com/blevesearch/bleve/v2/analysis/analyzer/keyword"
-	"github.com/blevesearch/bleve/v2/index/scorch"
-	blevemapping "github.com/blevesearch/bleve/v2/mapping"
 )
 
 // Workload sizes; CHAPPER_SEARCH_BENCH_DOCS overrides both document counts
@@ -51,9 +47,9 @@ func genBenchData(n int) benchData {
 }
 
 // loadServer bulk-loads the documents into index over HTTP with
-// benchWorkers concurrent requests of benchBatch documents and returns the
-// rate.
-func loadServer(b testing.TB, url, index string, d benchData) float64 {
+// benchWorkers concurrent requests of benchBatch documents and returns how
+// long it took.
+func loadServer(b testing.TB, url, index string, d benchData) time.Duration {
 	b.Helper()
 	bodies := make([][]byte, 0, len(d.docs)/benchBatch+1)
 	for i := 0; i < len(d.docs); i += benchBatch {
@@ -87,96 +83,118 @@ func loadServer(b testing.TB, url, index string, d benchData) float64 {
 	if failed != nil {
 		b.Fatal(failed)
 	}
-	return float64(len(d.docs)) / time.Since(start).Seconds()
+	return time.Since(start)
 }
+
+// rate is documents per second of n documents loaded in d.
+func rate(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
 
 func bytesContains(b []byte, s string) bool { return strings.Contains(string(b), s) }
 
-// rawBleveRate indexes the same documents with bleve's own mapping and
-// batches (the baseline: what bleve alone costs).
-func rawBleveRate(b testing.TB, d benchData) float64 {
+// ReportFigure is devtest.ReportFigure, set by figure_test.go (package
+// search_test, since devtest imports this package).
+var ReportFigure func(b testing.TB, name, unit string, value float64, baselineName string, baseline float64, target string)
+
+// baselineDocs renders d as the documents of BleveBaseline.
+func baselineDocs(b testing.TB, d benchData) []BaselineDoc {
 	b.Helper()
-	im := bleve.NewIndexMapping()
-	dm := bleve.NewDocumentStaticMapping()
-	kw := bleve.NewKeywordFieldMapping()
-	kw.Analyzer = keyword.Name
-	kw.Store = false
-	kw.DocValues = true
-	for _, f := range []string{"id", "visit_id", "elector_id", "option", "canvasser_id", "kind"} {
-		dm.AddFieldMappingsAt(f, kw)
+	out := make([]BaselineDoc, len(d.docs))
+	for i, doc := range d.docs {
+		body, err := json.Marshal(doc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[i] = BaselineDoc{ID: d.ids[i], Body: body}
 	}
-	num := bleve.NewNumericFieldMapping()
-	num.Store = false
-	for _, f := range []string{"locality", "chunk", "region", "shard"} {
-		dm.AddFieldMappingsAt(f, num)
-	}
-	dt := bleve.NewDateTimeFieldMapping()
-	dt.Store = false
-	for _, f := range []string{"recorded_at", "received_at"} {
-		dm.AddFieldMappingsAt(f, dt)
-	}
-	gp := blevemapping.NewGeoPointFieldMapping()
-	gp.Store = false
-	dm.AddFieldMappingsAt("location", gp)
-	im.DefaultMapping = dm
-	idx, err := bleve.NewUsing(b.TempDir()+"/raw", im, scorch.Name, scorch.Name, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer idx.Close()
-	work := make(chan int)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var failed error
-	start := time.Now()
-	for range benchWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				batch := idx.NewBatch()
-				for j := i; j < min(i+benchBatch, len(d.docs)); j++ {
-					if err := batch.Index(d.ids[j], d.docs[j]); err != nil {
-						mu.Lock()
-						failed = err
-						mu.Unlock()
-					}
-				}
-				if err := idx.Batch(batch); err != nil {
-					mu.Lock()
-					failed = err
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := 0; i < len(d.docs); i += benchBatch {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if failed != nil {
-		b.Fatal(failed)
-	}
-	return float64(len(d.docs)) / time.Since(start).Seconds()
+	return out
 }
 
 // BenchmarkBulkIndexing loads benchDocs documents through _bulk over HTTP
-// and, as the baseline, straight into bleve with bleve's own mapping.
+// (benchWorkers clients, benchBatch documents a request) and, as the
+// baseline, straight into Bleve (BleveBaseline: the same documents,
+// mapping and batch size), the two taking turns chunk by chunk so that a
+// change in the machine's load touches them alike.
 func BenchmarkBulkIndexing(b *testing.B) {
 	if testing.Short() {
 		b.Skip("starts a search server")
 	}
+	const chunk = 10_000
 	d := genBenchData(benchDocs)
+	all := baselineDocs(b, d)
 	for range b.N {
 		s := startServer(b, b.TempDir())
 		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`}}`, 200)
-		rate := loadServer(b, s.URL(), "canvass-intentions-2026.11", d)
-		raw := rawBleveRate(b, d)
-		b.ReportMetric(rate, "docs/s")
+		bb, err := NewBleveBaseline(b.TempDir(), []byte(canvassMapping))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var tServer, tRaw time.Duration
+		for i := 0; i < len(d.docs); i += chunk {
+			end := min(i+chunk, len(d.docs))
+			for k := range 2 {
+				if (i/chunk+k)%2 == 0 {
+					tServer += loadServer(b, s.URL(), "canvass-intentions-2026.11", benchData{ids: d.ids[i:end], docs: d.docs[i:end]})
+					continue
+				}
+				took, err := bb.Load(all[i:end], benchBatch, benchWorkers)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tRaw += took
+			}
+		}
+		if err := bb.Close(); err != nil {
+			b.Fatal(err)
+		}
+		server, raw := rate(len(d.docs), tServer), rate(len(d.docs), tRaw)
+		b.ReportMetric(server, "docs/s")
 		b.ReportMetric(raw, "raw-bleve-docs/s")
-		fmt.Printf("bulk: %.0f docs/s through _bulk = %.0f%% of raw bleve batch indexing %.0f docs/s (%d docs, batches of %d, %d workers)\n",
-			rate, 100*rate/raw, raw, len(d.docs), benchBatch, benchWorkers)
+		if ReportFigure != nil {
+			ReportFigure(b, "BenchmarkBulkIndexing/bulk-docs-per-s", "docs/s", server,
+				fmt.Sprintf("Bleve batch indexing, same documents, mapping and batches of %d, %d workers", benchBatch, benchWorkers), raw, ">=25000")
+		}
+	}
+}
+
+// BenchmarkSingleWriter sends _bulk requests of 500 documents one at a
+// time (the search sink's shape), taking turns chunk by chunk with and
+// without writeBatch's parallel parts, into indices of their own, so
+// that the machine's load touches both alike.
+func BenchmarkSingleWriter(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts a search server")
+	}
+	const perRequest, chunk = 500, 2500
+	d := genBenchData(min(benchDocs, 20_000))
+	defer func(was bool) { splitWrites = was }(splitWrites)
+	for range b.N {
+		s := startServer(b, b.TempDir())
+		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`}}`, 200)
+		var took [2]time.Duration
+		for i := 0; i < len(d.docs); i += chunk {
+			for k := range 2 {
+				turn := (i/chunk + k) % 2
+				splitWrites = turn == 0
+				start := time.Now()
+				for j := i; j < min(i+chunk, len(d.docs)); j += perRequest {
+					end := min(j+perRequest, i+chunk, len(d.docs))
+					body := bulkBody(b, fmt.Sprintf("canvass-w%d", turn), d.ids[j:end], d.docs[j:end])
+					status, resp, _ := call(b, http.MethodPost, s.URL()+"/_bulk", body)
+					if status != http.StatusOK || bytesContains(resp, `"errors":true`) {
+						b.Fatalf("bulk status %d: %.300s", status, resp)
+					}
+				}
+				took[turn] += time.Since(start)
+			}
+		}
+		n := float64(len(d.docs))
+		split, single := n/took[0].Seconds(), n/took[1].Seconds()
+		b.ReportMetric(split, "docs/s")
+		b.ReportMetric(single, "unsplit-docs/s")
+		if ReportFigure != nil {
+			ReportFigure(b, "BenchmarkSingleWriter/bulk-docs-per-s", "docs/s", split,
+				fmt.Sprintf("the same requests of %d documents written as one Bleve batch each", perRequest), single, "")
+		}
 	}
 }
 
@@ -190,8 +208,8 @@ func BenchmarkSearchLatency(b *testing.B) {
 	for range b.N {
 		s := startServer(b, b.TempDir())
 		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`,"aliases":{"canvass-intentions":{}}}}`, 200)
-		rate := loadServer(b, s.URL(), "canvass-intentions-2026.11", d)
-		fmt.Printf("loaded %d docs at %.0f docs/s (batches of %d, %d workers)\n", len(d.docs), rate, benchBatch, benchWorkers)
+		took := loadServer(b, s.URL(), "canvass-intentions-2026.11", d)
+		fmt.Printf("loaded %d docs at %.0f docs/s (batches of %d, %d workers)\n", len(d.docs), rate(len(d.docs), took), benchBatch, benchWorkers)
 		// the generated documents would otherwise weigh on every garbage
 		// collection of the searches below
 		d = benchData{ids: d.ids[:0:0], docs: nil}

@@ -121,6 +121,15 @@ func isNamedFormat(name string) bool {
 type isoFormat struct{}
 
 func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error) {
+	t, err := isoTime(s, loc, roundUp)
+	if err != nil {
+		return 0, err
+	}
+	return t.UnixMilli(), nil
+}
+
+// isoTime parses strict_date_optional_time to the nanosecond.
+func isoTime(s string, loc *time.Location, roundUp bool) (time.Time, error) {
 	p := 0
 	num := func(n int) (int, bool) {
 		if p+n > len(s) {
@@ -139,7 +148,7 @@ func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error
 	}
 	year, ok := num(4)
 	if !ok {
-		return 0, errDateSyntax
+		return time.Time{}, errDateSyntax
 	}
 	month, day := 1, 1
 	hour, minute, sec, nanos := 0, 0, 0, 0
@@ -147,12 +156,12 @@ func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error
 	if p < len(s) && s[p] == '-' {
 		p++
 		if month, ok = num(2); !ok {
-			return 0, errDateSyntax
+			return time.Time{}, errDateSyntax
 		}
 		if p < len(s) && s[p] == '-' {
 			p++
 			if day, ok = num(2); !ok {
-				return 0, errDateSyntax
+				return time.Time{}, errDateSyntax
 			}
 		}
 	}
@@ -160,19 +169,19 @@ func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error
 	if p < len(s) && s[p] == 'T' {
 		p++
 		if hour, ok = num(2); !ok {
-			return 0, errDateSyntax
+			return time.Time{}, errDateSyntax
 		}
 		level = 3
 		if p < len(s) && s[p] == ':' {
 			p++
 			if minute, ok = num(2); !ok {
-				return 0, errDateSyntax
+				return time.Time{}, errDateSyntax
 			}
 			level = 4
 			if p < len(s) && s[p] == ':' {
 				p++
 				if sec, ok = num(2); !ok {
-					return 0, errDateSyntax
+					return time.Time{}, errDateSyntax
 				}
 				level = 5
 				if p < len(s) && (s[p] == '.' || s[p] == ',') {
@@ -184,7 +193,7 @@ func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error
 						p++
 					}
 					if p == start {
-						return 0, errDateSyntax
+						return time.Time{}, errDateSyntax
 					}
 					for i := p - start; i < 9; i++ {
 						nanos *= 10
@@ -195,17 +204,17 @@ func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error
 		if p < len(s) {
 			z, n, err := parseZone(s[p:])
 			if err != nil {
-				return 0, err
+				return time.Time{}, err
 			}
 			zone = z
 			p += n
 		}
 	}
 	if p != len(s) {
-		return 0, errDateSyntax
+		return time.Time{}, errDateSyntax
 	}
 	if month < 1 || month > 12 || day < 1 || day > daysIn(year, month) || hour > 23 || minute > 59 || sec > 59 {
-		return 0, errDateSyntax
+		return time.Time{}, errDateSyntax
 	}
 	if zone == nil {
 		zone = loc
@@ -224,8 +233,7 @@ func (isoFormat) parse(s string, loc *time.Location, roundUp bool) (int64, error
 			nanos = 999999999
 		}
 	}
-	t := time.Date(year, time.Month(month), day, hour, minute, sec, nanos, zone)
-	return t.UnixMilli(), nil
+	return time.Date(year, time.Month(month), day, hour, minute, sec, nanos, zone), nil
 }
 
 func (isoFormat) format(ms int64, loc *time.Location) string {

@@ -299,13 +299,8 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 		}
 		return leafValue{n: sortableFloat(fv)}, nil
 	case typeDate:
-		var s string
-		switch x := v.(type) {
-		case string:
-			s = x
-		case json.Number:
-			s = string(x)
-		default:
+		s, ok := dateText(v)
+		if !ok {
 			return fail("expected a date but found %s", jsonKind(v))
 		}
 		ms, err := f.formats.parse(s, time.UTC, false)
@@ -313,6 +308,47 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 			return fail("failed to parse date field [%s] with format [%s]", s, f.formats.raw)
 		}
 		return leafValue{n: ms}, nil
+	case typeIP:
+		s, ok := v.(string)
+		if !ok {
+			return fail("'%s' is not an IP string literal.", compactJSON(v))
+		}
+		a, err := parseIP(s)
+		if err != nil {
+			return fail("%v", err)
+		}
+		return leafValue{s: ipTerm(a)}, nil
+	case typeUnsignedLong:
+		var s string
+		switch x := v.(type) {
+		case json.Number:
+			s = string(x)
+		case string:
+			s = x
+		default:
+			return fail("expected a number but found %s", jsonKind(v))
+		}
+		u, frac, out, err := parseULong(s)
+		if err != nil {
+			return fail("%v", err)
+		}
+		if frac {
+			return fail("Value \"%s\" has a decimal part", strings.TrimSpace(s))
+		}
+		if out != 0 {
+			return fail("Value [%s] is out of range for unsigned_long", strings.TrimSpace(s))
+		}
+		return leafValue{n: ulongToSigned(u)}, nil
+	case typeDateNanos:
+		s, ok := dateText(v)
+		if !ok {
+			return fail("expected a date but found %s", jsonKind(v))
+		}
+		ns, err := f.formats.parseNanos(s, time.UTC, false)
+		if err != nil {
+			return fail("%v", err)
+		}
+		return leafValue{n: ns}, nil
 	case typeBoolean:
 		switch x := v.(type) {
 		case bool:
@@ -338,6 +374,18 @@ func convertLeaf(f *fieldMapping, path string, v any) (leafValue, *esError) {
 		return leafValue{lat: lat, lon: lon}, nil
 	}
 	return fail("field [%s] of type [%s] cannot hold a value", path, f.Type)
+}
+
+// dateText is the text of a date value: a string, or a number (epoch
+// millis).
+func dateText(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		return x, true
+	case json.Number:
+		return string(x), true
+	}
+	return "", false
 }
 
 func jsonKind(v any) string {
@@ -681,6 +729,13 @@ func (b *docBuilder) addValue(fm *fieldMapping, path string, raw any) *esError {
 		return docError(b.id, path, fm.Type, raw, err.reason)
 	}
 	switch fm.Type {
+	case typeIP:
+		opts := markerOptions
+		if fm.hasDocValues() {
+			opts |= index.DocValues
+		}
+		b.doc.AddField(newRawField(path, 't', opts, nil, []byte(lv.s)))
+		b.markPresent(path)
 	case typeKeyword:
 		if fm.IgnoreAbove != nil && utf8.RuneCountInString(lv.s) > *fm.IgnoreAbove {
 			return nil
@@ -710,7 +765,7 @@ func (b *docBuilder) addValue(fm *fieldMapping, path string, raw any) *esError {
 		b.doc.AddField(newRawField(prefixLat+path, 'n', numericOptions, nil, numericTerms(sortableFloat(lv.lat))...))
 		b.doc.AddField(newRawField(prefixLon+path, 'n', numericOptions, nil, numericTerms(sortableFloat(lv.lon))...))
 		b.markParents(path)
-	default: // long, integer, short, byte, double, float, date
+	default: // long, integer, short, byte, double, float, date, date_nanos, unsigned_long
 		// exists on a numeric field looks for any term of the field
 		b.doc.AddField(newRawField(path, 'n', numericOptions, nil, numericTerms(lv.n)...))
 		b.addDV(fm, path, lv.n)

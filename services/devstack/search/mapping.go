@@ -32,15 +32,23 @@ const (
 	// scaled_float values are held as round(value * scaling_factor) /
 	// scaling_factor, the double Elasticsearch's long encoding gives back
 	typeScaledFloat = "scaled_float"
+	// ip values (IPv4 and IPv6) are held as the 16 bytes of their IPv6
+	// form (IPv4-mapped for IPv4), hex-encoded so byte order is address
+	// order; they render back as Elasticsearch prints them
+	typeIP = "ip"
+	// unsigned_long values (0 to 2^64-1) are held shifted by -2^63 in the
+	// signed 64-bit space, which keeps their order
+	typeUnsignedLong = "unsigned_long"
+	// date_nanos values are nanoseconds since the epoch (1970 to 2262)
+	typeDateNanos = "date_nanos"
 )
 
 var supportedTypes = []string{typeKeyword, typeText, typeLong, typeInteger, typeShort, typeByte,
-	typeDouble, typeFloat, typeHalfFloat, typeScaledFloat, typeDate, typeBoolean, typeGeoPoint, typeBinary, typeObject}
+	typeDouble, typeFloat, typeHalfFloat, typeScaledFloat, typeDate, typeDateNanos, typeBoolean, typeGeoPoint, typeBinary, typeIP, typeUnsignedLong, typeObject}
 
 // esOnlyTypes are field types Elasticsearch has and this server does not.
 var esOnlyTypes = map[string]bool{
-	"nested": true, "flattened": true, "ip": true,
-	"unsigned_long": true, "date_nanos": true, "wildcard": true, "constant_keyword": true,
+	"nested": true, "flattened": true, "wildcard": true, "constant_keyword": true,
 	"match_only_text": true, "search_as_you_type": true, "alias": true, "dense_vector": true,
 	"sparse_vector": true, "geo_shape": true, "shape": true, "point": true,
 	"integer_range": true, "float_range": true, "long_range": true, "double_range": true,
@@ -93,12 +101,15 @@ func (f *fieldMapping) hasDocValues() bool {
 type valueKind uint8
 
 const (
-	kindNone   valueKind = iota // unmapped or without doc values
-	kindString                  // keyword
-	kindLong                    // long, integer, short, byte
-	kindDouble                  // double, float
-	kindDate                    // date, milliseconds
-	kindBool                    // boolean, 0 or 1
+	kindNone      valueKind = iota // unmapped or without doc values
+	kindString                     // keyword
+	kindLong                       // long, integer, short, byte
+	kindDouble                     // double, float
+	kindDate                       // date, milliseconds
+	kindBool                       // boolean, 0 or 1
+	kindIP                         // ip, hex of the 16-byte form
+	kindULong                      // unsigned_long, shifted by -2^63
+	kindDateNanos                  // date_nanos, nanoseconds
 )
 
 func (f *fieldMapping) kind() valueKind {
@@ -113,13 +124,23 @@ func (f *fieldMapping) kind() valueKind {
 		return kindDate
 	case typeBoolean:
 		return kindBool
+	case typeIP:
+		return kindIP
+	case typeUnsignedLong:
+		return kindULong
+	case typeDateNanos:
+		return kindDateNanos
 	}
 	return kindNone
 }
 
 func (k valueKind) numeric() bool {
-	return k == kindLong || k == kindDouble || k == kindDate || k == kindBool
+	return k == kindLong || k == kindDouble || k == kindDate || k == kindBool || k == kindULong || k == kindDateNanos
 }
+
+// stringDV reports whether the kind's doc values are strings (keyword
+// bytes, the hex of an ip) rather than encoded numbers.
+func (k valueKind) stringDV() bool { return k == kindString || k == kindIP }
 
 // mapping is an index's mapping: the root object plus a flat view by full
 // path (multi-fields included, e.g. "address.keyword"). A mapping is
@@ -297,14 +318,17 @@ func checkFieldName(name string) *esError {
 // allowedParams lists the mapping parameters accepted per type. Parameters
 // Elasticsearch knows that would change results here are refused instead.
 var allowedParams = map[string]map[string]bool{
-	typeKeyword:  set("index", "doc_values", "ignore_above", "null_value", "norms", "fields", "store", "meta", "eager_global_ordinals", "similarity", "copy_to"),
-	typeText:     set("index", "analyzer", "search_analyzer", "fields", "norms", "store", "meta", "index_options", "fielddata", "eager_global_ordinals", "similarity", "copy_to"),
-	typeLong:     set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta", "copy_to"),
-	typeDate:     set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta", "copy_to"),
-	typeBoolean:  set("index", "doc_values", "null_value", "fields", "store", "meta", "copy_to"),
-	typeGeoPoint: set("index", "doc_values", "ignore_malformed", "ignore_z_value", "store", "meta"),
-	typeObject:   set("properties", "dynamic", "enabled"),
-	typeBinary:   set("doc_values", "store", "meta"),
+	typeKeyword:      set("index", "doc_values", "ignore_above", "null_value", "norms", "fields", "store", "meta", "eager_global_ordinals", "similarity", "copy_to"),
+	typeText:         set("index", "analyzer", "search_analyzer", "fields", "norms", "store", "meta", "index_options", "fielddata", "eager_global_ordinals", "similarity", "copy_to"),
+	typeLong:         set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeDate:         set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeDateNanos:    set("index", "doc_values", "null_value", "format", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeIP:           set("index", "doc_values", "null_value", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeUnsignedLong: set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta", "copy_to"),
+	typeBoolean:      set("index", "doc_values", "null_value", "fields", "store", "meta", "copy_to"),
+	typeGeoPoint:     set("index", "doc_values", "ignore_malformed", "ignore_z_value", "store", "meta"),
+	typeObject:       set("properties", "dynamic", "enabled"),
+	typeBinary:       set("doc_values", "store", "meta"),
 	typeScaledFloat: set("index", "doc_values", "null_value", "coerce", "ignore_malformed", "fields", "store", "meta",
 		"scaling_factor", "copy_to"),
 }
@@ -394,6 +418,9 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 				return nil, mappingError("[format] must be a string on [%s]", path)
 			}
 			formats, ferr := parseDateFormats(s)
+			if ferr == nil && f.Type == typeDateNanos {
+				ferr = nanosFormats(s)
+			}
 			if ferr != nil {
 				return nil, unsupported("mapper_parsing_exception", fmt.Sprintf("date format on field [%s]: %v", path, ferr))
 			}
@@ -476,6 +503,9 @@ func parseField(v any, path string, multiField bool) (*fieldMapping, *esError) {
 	}
 	if f.Type == typeDate && f.formats == nil {
 		f.formats, _ = parseDateFormats("")
+	}
+	if f.Type == typeDateNanos && f.formats == nil {
+		f.formats, _ = parseDateFormats(defaultDateNanosFormat)
 	}
 	if f.NullValue != nil {
 		// the null value must itself be a valid value of the field

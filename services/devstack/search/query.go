@@ -906,6 +906,40 @@ func (c *compileCtx) compileTerms(field string, values []any, boost float64) (qu
 		}
 	case typeGeoPoint:
 		return nil, queryError("Field [%s] of type [geo_point] does not support term queries", field)
+	case typeIP:
+		// an address, or a CIDR block for every address in it
+		for _, v := range values {
+			if str, ok := v.(string); ok && strings.Contains(str, "/") {
+				lo, hi, err := ipPrefixRange(str)
+				if err != nil {
+					return nil, queryError("failed to create query: %v", err)
+				}
+				qs = append(qs, constant(ipRange(field, lo, hi), boost))
+				continue
+			}
+			t, err := ipTermFromValue(v)
+			if err != nil {
+				return nil, queryError("failed to create query: %v", err)
+			}
+			qs = append(qs, constant(termOn(field, t, 1), boost))
+		}
+	case typeDateNanos:
+		// as for dates, a value covers what its precision leaves out
+		for _, v := range values {
+			s, ok := scalarString(v)
+			if !ok {
+				return nil, queryError("failed to create query: [%s] is not a date", compactJSON(v))
+			}
+			lo, err := f.formats.parseNanos(s, time.UTC, false)
+			if err != nil {
+				return nil, queryError("failed to create query: %v", err)
+			}
+			hi, err := f.formats.parseNanos(s, time.UTC, true)
+			if err != nil {
+				return nil, queryError("failed to create query: %v", err)
+			}
+			qs = append(qs, constant(&numRangeQuery{field: field, min: lo, max: hi, boost: 1}, boost))
+		}
 	case typeDate:
 		// a date term is the range its precision covers, as in
 		// Elasticsearch: "2024-01-15" matches the whole day
@@ -959,6 +993,21 @@ func (c *compileCtx) numericTerm(f *fieldMapping, field string, v any) (int64, b
 			return 0, false, queryError("failed to create query: %v", err)
 		}
 		return ms, true, nil
+	case typeUnsignedLong:
+		// a fraction or a value beyond the type matches nothing, as in
+		// Elasticsearch (parseTerm)
+		str, ok := scalarString(v)
+		if !ok {
+			return 0, false, queryError("failed to create query: For input string: \"%v\"", compactJSON(v))
+		}
+		u, frac, out, err := parseULong(str)
+		if err != nil {
+			return 0, false, queryError("failed to create query: %v", err)
+		}
+		if frac || out != 0 {
+			return 0, false, nil
+		}
+		return ulongToSigned(u), true, nil
 	case typeDouble, typeFloat, typeHalfFloat, typeScaledFloat:
 		fv, ok := toFloat(v)
 		if !ok || math.IsNaN(fv) {
@@ -1119,6 +1168,8 @@ func (c *compileCtx) compileRange(q qRange) (query.Query, *esError) {
 		return &termRangeQuery{TermRangeQuery: tr, hasMax: q.lte != nil || q.lt != nil}, nil
 	case typeGeoPoint:
 		return nil, queryError("Field [%s] of type [geo_point] does not support range queries", q.field)
+	case typeIP:
+		return c.compileIPRange(q)
 	}
 	lo, hi := int64(math.MinInt64), int64(math.MaxInt64)
 	var err *esError
@@ -1188,13 +1239,9 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 			}
 			formats = ff
 		}
-		loc, lerr := parseTimeZone(q.timeZone)
-		if lerr != nil {
-			return 0, false, parsingError("%v", lerr)
-		}
-		s, ok := scalarString(v)
-		if !ok {
-			return 0, false, queryError("failed to create query: [%s] is not a date", compactJSON(v))
+		loc, s, berr := dateBound(q, v)
+		if berr != nil {
+			return 0, false, berr
 		}
 		// gt and lte round up, gte and lt round down
 		roundUp := upper == inclusive
@@ -1238,6 +1285,24 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 			return 0, false, queryError("failed to create query: %s", cerr.reason)
 		}
 		return adjustBound(lv.n, upper, inclusive)
+	case typeUnsignedLong:
+		return ulongBound(v, upper, inclusive)
+	case typeDateNanos:
+		if q.format != "" {
+			return 0, false, unsupported("parsing_exception", "[range] format on date_nanos field ["+q.field+"]")
+		}
+		loc, s, berr := dateBound(q, v)
+		if berr != nil {
+			return 0, false, berr
+		}
+		if strings.Contains(s, "||") || strings.HasPrefix(s, "now") {
+			return 0, false, unsupported("parsing_exception", "date math ["+s+"] on date_nanos field ["+q.field+"]")
+		}
+		ns, perr := f.formats.parseNanos(s, loc, upper == inclusive)
+		if perr != nil {
+			return 0, false, queryError("failed to create query: %v", perr)
+		}
+		return adjustBound(ns, upper, inclusive)
 	}
 	// long, integer, short, byte: fractional bounds round inwards
 	s, ok := scalarString(v)
@@ -1274,6 +1339,20 @@ func (c *compileCtx) rangeBound(f *fieldMapping, q qRange, v any, upper, inclusi
 		return math.MinInt64, false, nil
 	}
 	return adjustBound(int64(fv), upper, inclusive)
+}
+
+// dateBound reads a date range bound: the query's time zone and the
+// bound's text.
+func dateBound(q qRange, v any) (*time.Location, string, *esError) {
+	loc, err := parseTimeZone(q.timeZone)
+	if err != nil {
+		return nil, "", parsingError("%v", err)
+	}
+	s, ok := scalarString(v)
+	if !ok {
+		return nil, "", queryError("failed to create query: [%s] is not a date", compactJSON(v))
+	}
+	return loc, s, nil
 }
 
 // adjustBound makes an exclusive bound inclusive.

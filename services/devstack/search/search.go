@@ -196,7 +196,16 @@ func (sp *sortSpec) render(v *sortVal) any {
 		if v.missing {
 			return nil
 		}
+		if sp.kind == kindIP {
+			return ipString(v.s)
+		}
 		return v.s
+	}
+	if sp.kind == kindULong {
+		// the shifted value back as an unsigned number; a missing value
+		// is Lucene's long extreme shifted back too (2^64-1 or 0), as
+		// Elasticsearch's unsigned_long format renders it
+		return signedToULong(v.n)
 	}
 	if sp.fmt != nil {
 		return sp.fmt.format(v.n, time.UTC)
@@ -597,7 +606,7 @@ func (d *docVals) visit(field string, term []byte) {
 		if s.field != field {
 			continue
 		}
-		if s.kind == kindString {
+		if s.kind.stringDV() {
 			start := len(d.arena)
 			d.arena = append(d.arena, term...)
 			s.strs = append(s.strs, [2]int32{int32(start), int32(len(d.arena))})
@@ -831,7 +840,7 @@ func resolveSort(sp *sortSpec, mappings []*mapping, names []string) *esError {
 	if sp.fmt != nil && sp.kind != kindDate {
 		return unsupported("illegal_argument_exception", "sort [format] on field ["+sp.field+"], which is not a date")
 	}
-	if sp.kind == kindString {
+	if sp.kind.stringDV() {
 		sp.class = sortString
 	} else {
 		sp.class = sortNumber
@@ -860,6 +869,13 @@ func parseAfterValue(sp *sortSpec, v any) (sortVal, *esError) {
 		if !ok {
 			return bad()
 		}
+		if sp.kind == kindIP {
+			t, err := ipTermFromValue(v)
+			if err != nil {
+				return bad()
+			}
+			return sortVal{s: t}, nil
+		}
 		return sortVal{s: s}, nil
 	}
 	if v == nil {
@@ -872,6 +888,16 @@ func parseAfterValue(sp *sortSpec, v any) (sortVal, *esError) {
 			return bad()
 		}
 		return sortVal{n: sortableFloat(f)}, nil
+	case kindULong:
+		s, ok := scalarString(v)
+		if !ok {
+			return bad()
+		}
+		u, frac, out, err := parseULong(s)
+		if err != nil || frac || out != 0 {
+			return bad()
+		}
+		return sortVal{n: ulongToSigned(u)}, nil
 	case kindBool:
 		if b, ok := v.(bool); ok {
 			if b {

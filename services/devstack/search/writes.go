@@ -2,9 +2,12 @@ package search
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	index "github.com/blevesearch/bleve_index_api"
@@ -231,7 +234,7 @@ func (s *Server) applyGroup(ix *esIndex, ops []*writeOp) {
 	unlocked = true
 
 	start := time.Now()
-	err = ix.ii.Batch(batch)
+	err = s.writeBatch(ix.ii, batch)
 
 	ix.wmu.Lock()
 	for _, id := range ids {
@@ -319,4 +322,63 @@ func existingVersions(ii index.Index, ids []string) (map[string]uint64, error) {
 		out[ext] = ver
 	}
 	return out, nil
+}
+
+// minSplit is the smallest part a batch is split into for building on
+// several cores.
+const minSplit = 250
+
+// building counts the Bleve batches being written across the server.
+var building atomic.Int32
+
+// splitWrites turns the parallel parts of writeBatch on;
+// BenchmarkSingleWriter turns it off for its baseline.
+var splitWrites = true
+
+// writeBatch writes batch to ii and returns once it is durable. Bleve
+// builds a batch's segment on the calling goroutine, so with splitWrites
+// a large batch written while cores are idle (one bulk request at a time,
+// as the search sink sends them) is split by document into parts written
+// concurrently,
+// each a segment of its own built on its own core. A _bulk request is
+// not atomic in Elasticsearch either; the response waits for every part
+// to be durable, and the sequence-number watermark goes with each part.
+func (s *Server) writeBatch(ii index.Index, batch *index.Batch) error {
+	n := len(batch.IndexOps)
+	parts := min(runtime.GOMAXPROCS(0)-int(building.Load()), n/minSplit)
+	if parts <= 1 || !splitWrites {
+		building.Add(1)
+		defer building.Add(-1)
+		return ii.Batch(batch)
+	}
+	split := make([]*index.Batch, parts)
+	for i := range split {
+		split[i] = index.NewBatch()
+		for k, v := range batch.InternalOps {
+			split[i].SetInternal([]byte(k), v)
+		}
+	}
+	i := 0
+	for id, doc := range batch.IndexOps {
+		b := split[i%parts]
+		if doc == nil {
+			b.Delete(id)
+		} else {
+			b.Update(doc)
+		}
+		i++
+	}
+	building.Add(int32(parts))
+	defer building.Add(-int32(parts))
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for i, b := range split {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = ii.Batch(b)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
