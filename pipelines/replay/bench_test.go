@@ -103,7 +103,7 @@ func BenchmarkReplay(b *testing.B) {
 			replayRun := func() {
 				runs++
 				sum, window := benchReplay(b, replay.Config{Brokers: []string{k.Addr()}, Sink: newSink(),
-					Group: fmt.Sprintf("bench-replay-%s-%d", se.name, runs)}, benchRecords)
+					Group: fmt.Sprintf("bench-replay-%s-%d", se.name, runs)}, benchRecords, 5*time.Minute)
 				rep.add(sum.Written, window)
 				whole.add(sum.Written, sum.Elapsed)
 			}
@@ -137,9 +137,9 @@ func BenchmarkReplay(b *testing.B) {
 // benchReplay runs one replay that must write want records and returns
 // its summary and the time from the start of its first Write to the end
 // of its last (the window MeasurePipeline times the live pipeline over).
-func benchReplay(b *testing.B, cfg replay.Config, want int64) (*replay.Summary, time.Duration) {
+func benchReplay(b *testing.B, cfg replay.Config, want int64, budget time.Duration) (*replay.Summary, time.Duration) {
 	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	var first, last atomic.Int64
 	sink := cfg.Sink
@@ -151,7 +151,7 @@ func benchReplay(b *testing.B, cfg replay.Config, want int64) (*replay.Summary, 
 	})
 	sum, err := replay.Run(ctx, cfg)
 	if err != nil || sum.Written != want {
-		b.Fatalf("replay wrote %d of %d records: %v", sum.Written, want, err)
+		b.Fatalf("replay wrote %d of %d records (%.0f records/s, budget %v): %v", sum.Written, want, float64(sum.Written)/sum.Elapsed.Seconds(), budget, err)
 	}
 	return sum, time.Duration(last.Load() - first.Load())
 }
@@ -159,6 +159,11 @@ func benchReplay(b *testing.B, cfg replay.Config, want int64) (*replay.Summary, 
 // rebuildRecordsEnv overrides the records of BenchmarkSearchRebuild (for a
 // quicker try; the figure's name says the count).
 const rebuildRecordsEnv = "CHAPPER_BENCH_REBUILD_RECORDS"
+
+// rebuildBudget bounds the rebuild in BenchmarkSearchRebuild, so that on
+// a machine too busy for it the benchmark fails saying how far it got
+// (within scripts/bench.sh's 30-minute test timeout, which would lose that).
+const rebuildBudget = 20 * time.Minute
 
 // rebuildSample is the records the live search pipeline writes in
 // BenchmarkSearchRebuild for the baseline (a fifth of a smaller rebuild).
@@ -204,7 +209,7 @@ func BenchmarkSearchRebuild(b *testing.B) {
 
 		scfg := srv.Config(b)
 		start := time.Now()
-		_, _ = benchReplay(b, replay.Config{Brokers: []string{k.Addr()}, Sink: searchtest.NewSink(b, scfg), Group: "bench-rebuild"}, n)
+		_, _ = benchReplay(b, replay.Config{Brokers: []string{k.Addr()}, Sink: searchtest.NewSink(b, scfg), Group: "bench-rebuild"}, n, rebuildBudget)
 		searchtest.Refresh(b, scfg)
 		took = time.Since(start)
 		if got := searchtest.Total(b, scfg); int64(got) != n {
