@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -75,4 +76,80 @@ func DeleteCheckpoint(ctx context.Context, brokers []string, group string) error
 		return fmt.Errorf("deleting replay checkpoint group %s: %w", group, err)
 	}
 	return nil
+}
+
+// checkpointer commits a replay's checkpoints in the background, one
+// commit at a time, so that the next batch's write does not wait for a
+// commit's round trips (kafka-go looks the group coordinator up before
+// every commit). save hands it the positions a written batch reached;
+// positions saved while a commit is in flight go together in the next
+// one. A checkpoint may thus lag the written batches by a commit; a crash
+// then replays those batches again, which idempotent sinks allow.
+type checkpointer struct {
+	ctx    context.Context
+	client *kafka.Client
+	group  string
+	wake   chan struct{}
+	done   chan struct{}
+
+	mu      sync.Mutex
+	pending map[Partition]int64
+	err     error
+}
+
+// newCheckpointer starts a checkpointer committing to group with client,
+// under ctx; close stops it.
+func newCheckpointer(ctx context.Context, client *kafka.Client, group string) *checkpointer {
+	c := &checkpointer{ctx: ctx, client: client, group: group, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+// save queues next (the next offset of the partitions a batch moved) for
+// committing; it never blocks on the commit. It must not be called after
+// close.
+func (c *checkpointer) save(next map[Partition]int64) {
+	if len(next) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.pending == nil {
+		c.pending = map[Partition]int64{}
+	}
+	for tp, o := range next {
+		c.pending[tp] = o
+	}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default: // a commit is due already and will take these too
+	}
+}
+
+func (c *checkpointer) run() {
+	defer close(c.done)
+	for range c.wake {
+		c.mu.Lock()
+		next, failed := c.pending, c.err != nil
+		c.pending = nil
+		c.mu.Unlock()
+		if len(next) == 0 || failed {
+			continue
+		}
+		if err := commit(c.ctx, c.client, c.group, next); err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+		}
+	}
+}
+
+// close commits what was saved and not yet committed, waits for it, and
+// returns the first commit error (after which nothing more was committed).
+func (c *checkpointer) close() error {
+	close(c.wake)
+	<-c.done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }

@@ -53,6 +53,11 @@ type Filter struct {
 	Since, Until time.Time
 }
 
+// isZero reports whether f keeps every record.
+func (f Filter) isZero() bool {
+	return f.Region == nil && f.Box.IsZero() && f.Since.IsZero() && f.Until.IsZero()
+}
+
 // keep reports whether the filter keeps m.
 func (f Filter) keep(m topic.Meta) bool {
 	if !f.Since.IsZero() && m.Time.Before(f.Since) {
@@ -271,37 +276,42 @@ func (r *run) write(ctx context.Context) error {
 		return nil
 	}
 	sink := r.cfg.Sink
+	type at struct {
+		tp     Partition
+		offset int64
+	}
 	counting := runtime.SinkFunc(sink.Name(), func(ctx context.Context, batch []runtime.Record) error {
 		err := sink.Write(ctx, batch)
 		var perm *runtime.PermanentError
 		if err != nil && !errors.As(err, &perm) {
 			return err
 		}
-		failed := map[string]bool{}
+		var failed map[at]bool
 		if perm != nil {
+			failed = make(map[at]bool, len(perm.Failures))
 			for _, f := range perm.Failures {
-				failed[fmt.Sprintf("%s/%d@%d", f.Record.Topic, f.Record.Partition, f.Record.Offset)] = true
+				failed[at{Partition{Topic: f.Record.Topic, Partition: f.Record.Partition}, f.Record.Offset}] = true
 			}
 		}
 		for _, rec := range batch {
-			if failed[fmt.Sprintf("%s/%d@%d", rec.Topic, rec.Partition, rec.Offset)] {
+			tp := Partition{Topic: rec.Topic, Partition: rec.Partition}
+			if failed[at{tp, rec.Offset}] {
 				continue
 			}
 			k, _ := topic.KindOfTopic(rec.Topic)
 			r.sum.PerKind[k]++
-			r.sum.PerPartition[Partition{Topic: rec.Topic, Partition: rec.Partition}]++
+			r.sum.PerPartition[tp]++
 		}
 		return err
 	})
-	var commitErr error
+	// checkpoint after the write: the checkpointer commits only positions
+	// of written batches; a crash before a commit replays those batches
+	// again, and sinks are idempotent
+	ckpt := newCheckpointer(context.WithoutCancel(ctx), r.client, r.cfg.Group)
 	rc := runtime.RangeConfig{
 		Config: runtime.Config{
 			Brokers: r.cfg.Brokers, BatchSize: r.cfg.BatchSize, Linger: r.cfg.Linger, DeadLetterTopic: r.cfg.DeadLetterTopic,
 			MinBackoff: r.cfg.MinBackoff, MaxBackoff: r.cfg.MaxBackoff, Logger: r.log,
-		},
-		Filter: func(rec runtime.Record) bool {
-			meta, _ := topic.MetaOf(rec.Message)
-			return r.cfg.Filter.keep(meta)
 		},
 		OnBatch: func(done []runtime.Checkpoint) {
 			next := map[Partition]int64{}
@@ -314,15 +324,19 @@ func (r *run) write(ctx context.Context) error {
 				r.sum.Next[tp] = cp.Next
 				r.done += cp.Next - r.sum.Ranges[tp].From
 			}
-			// checkpoint after the write: a crash before this line replays
-			// the batch again, and sinks are idempotent
-			if len(next) > 0 && commitErr == nil {
-				commitErr = commit(context.WithoutCancel(ctx), r.client, r.cfg.Group, next)
-			}
+			ckpt.save(next)
 			r.progress()
 		},
 	}
+	if !r.cfg.Filter.isZero() {
+		// decoding the filter's fields costs per record: only when asked
+		rc.Filter = func(rec runtime.Record) bool {
+			meta, _ := topic.MetaOf(rec.Message)
+			return r.cfg.Filter.keep(meta)
+		}
+	}
 	stats, err := runtime.ReadRanges(ctx, rc, ranges, counting)
+	commitErr := ckpt.close()
 	r.sum.Read, r.sum.Written, r.sum.Skipped, r.sum.DeadLettered = stats.Read, stats.Written, stats.Skipped, stats.DeadLettered
 	switch {
 	case commitErr != nil:

@@ -397,13 +397,14 @@ func TestResume(t *testing.T) {
 	if !errors.Is(err, replay.ErrInterrupted) || first.Written == 0 || first.Written >= 400 {
 		t.Fatalf("interrupted replay = %+v, %v; want ErrInterrupted after part of the range", first, err)
 	}
-	cp, err := replay.Checkpoint(ctx, []string{k.Addr()}, replay.GroupPrefix+"timeline", slices.Collect(func(yield func(replay.Partition) bool) {
+	parts := slices.Collect(func(yield func(replay.Partition) bool) {
 		for p := range first.Ranges {
 			if !yield(p) {
 				return
 			}
 		}
-	}))
+	})
+	cp, err := replay.Checkpoint(ctx, []string{k.Addr()}, replay.GroupPrefix+"timeline", parts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,6 +426,17 @@ func TestResume(t *testing.T) {
 	rest, err := replay.Run(ctx, cfg)
 	if err != nil || rest.Written != 400-first.Written {
 		t.Fatalf("resumed replay = %+v, %v; want the other %d written", rest, err, 400-first.Written)
+	}
+	// the checkpoints are committed in the background; Run returns only
+	// once the last one is
+	cp, err = replay.Checkpoint(ctx, []string{k.Addr()}, replay.GroupPrefix+"timeline", parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, r := range first.Ranges {
+		if r.To > r.From && cp[p] != r.To {
+			t.Errorf("checkpoint of %s after the resumed replay = %d, want the range's end %d", p, cp[p], r.To)
+		}
 	}
 	checkHolds(t, st, recs, nil)
 }

@@ -272,6 +272,13 @@ func firstOffsets(ctx context.Context, client *kafka.Client, ranges []Range) (ma
 	return out, nil
 }
 
+// rangeMaxWait is how long a range reader's fetch may wait for records to
+// arrive. A range lies below the high watermark, so its fetches return at
+// once; only the reader's prefetch after a range's last record waits, and
+// closing the reader waits for that fetch: short, so a replay ends soon
+// after its last write (the live consumer's readers wait a second).
+const rangeMaxWait = 100 * time.Millisecond
+
 // readRange sends the records of r to out, in offset order, and returns
 // nil when it sent the record before r.To (or one at or past it showed up:
 // the range's end fell on a gap). It returns an error only when the
@@ -284,7 +291,7 @@ func readRange(ctx context.Context, cfg Config, r Range, out chan<- kafka.Messag
 		QueueCapacity: max(cfg.BatchSize, 100),
 		MinBytes:      1,
 		MaxBytes:      16 << 20,
-		MaxWait:       500 * time.Millisecond,
+		MaxWait:       rangeMaxWait,
 		ErrorLogger:   kafka.LoggerFunc(func(msg string, args ...any) { cfg.Logger.Debug("kafka-go: " + fmt.Sprintf(msg, args...)) }),
 	})
 	defer reader.Close()
