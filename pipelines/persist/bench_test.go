@@ -50,7 +50,10 @@ const (
 //     offered per second;
 //   - replay-beside-rows-per-s: fresh rows while a second persister writes
 //     the first half of the same records (a replay overlapping the
-//     pipeline's range).
+//     pipeline's range);
+//   - sink-write-fresh-rows-per-s: Sink.Write alone (shard map lock
+//     included) on the same batches, one after another, no Kafka: what
+//     the runtime adds is the difference to fresh-rows-per-s.
 //
 // With CHAPPER_BENCH_PERSIST_ALTERNATIVES=1 it also measures, bare (the
 // same batches, no Kafka, no decoding), the alternatives weighed for issue
@@ -106,6 +109,8 @@ func BenchmarkPersist(b *testing.B) {
 			batches = bs
 			record("fresh-rows-per-s", rate, benchBare(b, pg, batches, rawCopyFrom, 0))
 			raw := benchBare(b, pg, batches, rawCopyFrom, 0)
+			record("sink-write-fresh-rows-per-s", benchSinkWrite(b, pg, batches), raw)
+			raw = benchBare(b, pg, batches, rawCopyFrom, 0)
 			rate, _ = benchPipeline(b, pg, redelivered.Addr(), group, len(again), nil)
 			record("redelivered-5pct-rows-per-s", rate, raw)
 			raw = benchBare(b, pg, batches, rawCopyFrom, 0)
@@ -204,6 +209,26 @@ func benchPipeline(b *testing.B, pg *devstack.Postgres, addr, group string, n in
 		b.Fatalf("%d rows stored, want %d", got, benchRecords)
 	}
 	return rate, batches
+}
+
+// benchSinkWrite writes the batches with a Sink into fresh databases, one
+// after another, and returns rows/s.
+func benchSinkWrite(b *testing.B, pg *devstack.Postgres, batches [][]runtime.Record) float64 {
+	env := persisttest.NewOn(b, pg, pg, pg)
+	s := benchSink(b, env)
+	ctx := context.Background()
+	start, rows := time.Now(), 0
+	for _, batch := range batches {
+		if err := s.Write(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+		rows += len(batch)
+	}
+	rate := float64(rows) / time.Since(start).Seconds()
+	if got := env.Total(b); got != benchRecords {
+		b.Fatalf("%d rows stored, want %d", got, benchRecords)
+	}
+	return rate
 }
 
 // benchReplay starts a second persister writing batches into env, as a

@@ -72,6 +72,8 @@ type Sink struct {
 	pools    map[string]*pgxpool.Pool // by connection string
 	skipCopy map[string]int           // batches left in a database's COPY backoff, by name
 
+	unlocking sync.WaitGroup // lock sessions being released (unlock)
+
 	// Test seams (export_test.go): called in Write for every database,
 	// after it inserted its rows and before its lock check, and after its
 	// lock check and before its commit.
@@ -133,6 +135,7 @@ func (s *Sink) Map() *shardmap.Map {
 
 // Close closes every connection pool. Write must not be called after.
 func (s *Sink) Close() {
+	s.unlocking.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range s.pools {
@@ -189,20 +192,16 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	start := time.Now()
 	defer func() { writeSeconds.Observe(time.Since(start).Seconds()) }()
 
-	// The shared lock lives as long as this transaction: a shard move
-	// cannot switch the map until every database below has committed.
-	lock, err := s.router.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return fmt.Errorf("locking the shard map: %w", err)
-	}
-	defer lock.Rollback(context.WithoutCancel(ctx))
-	version, err := shardmap.LockShared(ctx, lock)
+	// The shared lock lives as long as this session's transaction: a shard
+	// move cannot switch the map until every database below has committed.
+	lock, version, err := s.lockShared(ctx)
 	if err != nil {
 		if isFatal(err) {
 			return runtime.Fatal(err)
 		}
 		return err
 	}
+	defer s.unlock(lock)
 	lockWaitSeconds.Observe(time.Since(start).Seconds())
 	m := s.Map()
 	if version != m.Version {
@@ -302,6 +301,36 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	return nil
 }
 
+// lockShared acquires a router session and takes the shared shard map
+// lock on it in a transaction (shardmap.BeginShared: one round trip),
+// returning the map version current once the lock was granted.
+func (s *Sink) lockShared(ctx context.Context) (*pgxpool.Conn, int64, error) {
+	conn, err := s.router.Acquire(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("locking the shard map: %w", err)
+	}
+	version, err := shardmap.BeginShared(ctx, conn.Conn().PgConn())
+	if err != nil {
+		// not idle: the pool closes the session, and with it its transaction
+		conn.Release()
+		return nil, 0, err
+	}
+	return conn, version, nil
+}
+
+// unlock ends the lock session's transaction, releasing the shared lock,
+// without making the batch wait for it: the shards have committed or
+// rolled back by then, and a lock held a little longer only delays a shard
+// move. Close waits for it.
+func (s *Sink) unlock(conn *pgxpool.Conn) {
+	s.unlocking.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		defer cancel()
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+		conn.Release() // closed instead when the ROLLBACK failed
+	})
+}
+
 // prepared is one database's share of a batch and how writing it went.
 type prepared struct {
 	name string
@@ -342,7 +371,7 @@ func (s *Sink) writeDatabase(ctx context.Context, lk *lockCheck, p *prepared, d 
 // database that had finished inserting when it started, so databases
 // finishing together share one round trip.
 type lockCheck struct {
-	lock   pgx.Tx
+	lock   *pgxpool.Conn
 	issued atomic.Int64 // tickets: one per database done inserting
 
 	mu      sync.Mutex
