@@ -270,6 +270,9 @@ type writeFunc func(ctx context.Context, pool *pgxpool.Pool, rows []row) error
 // backoff) and commit, without the lock check.
 func optimisticCommit(ctx context.Context, pool *pgxpool.Pool, rows []row) error {
 	s := benchSinks.get(pool)
+	if !s.copyFirst("bench") {
+		return insertCommit(ctx, pool, rows)
+	}
 	tx, _, err := s.copyAll(ctx, "bench", pool, rows, nil)
 	if err != nil {
 		return err
