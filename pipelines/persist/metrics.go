@@ -20,6 +20,10 @@ var (
 		Name: "chapper_persist_rows_total",
 		Help: "Rows written per table: inserted, or duplicate (already stored, skipped by ON CONFLICT DO NOTHING).",
 	}, []string{"table", "result"})
+	batchesTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "chapper_persist_database_batches_total",
+		Help: "A batch's share of one shard database, by how it was written: copy (binary COPY, all rows new), copy_then_insert (COPY met a stored row; INSERT ... ON CONFLICT DO NOTHING after), insert (straight to the INSERT, in the backoff after such a batch), row_by_row (the database refused some rows' data).",
+	}, []string{"path"})
 	rejectedTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "chapper_persist_rejected_records_total",
 		Help: "Records that can never be stored (returned as permanent failures, dead-lettered by the runtime).",

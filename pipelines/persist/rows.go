@@ -1,8 +1,12 @@
 package persist
 
 import (
+	"bytes"
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -130,10 +134,12 @@ func methodName(m canvassv1.Method) string {
 }
 
 // Insert statements: one set-based, idempotent INSERT per table, the rows
-// as parallel arrays (unnest). Measured against COPY into a temporary table
-// followed by INSERT ... SELECT ... ON CONFLICT DO NOTHING (see the
-// benchmark): the unnest form pipelines the three tables and both
-// transaction ends in one round trip and was faster for batches of hundreds.
+// as parallel arrays (unnest). They are the fallback of the optimistic
+// binary COPY (copyColumns), for a batch that holds a row stored already,
+// and the whole path for a database whose recent batches did. Measured
+// against COPY into a temporary table followed by INSERT ... SELECT ... ON
+// CONFLICT DO NOTHING (see the benchmark): the unnest form pipelines the
+// three tables in one round trip and was faster for batches of hundreds.
 const (
 	insertVisits = `INSERT INTO visits (shard, id, locality, chunk, region, latitude, longitude, canvasser_id,
 		received_at, kafka_partition, kafka_offset, replaces_id, visited_at, dwelling_id, address, outcome)
@@ -229,12 +235,9 @@ func queueReplaced(b *pgx.Batch, corrections []row) {
 // queueInserts queues one insert per kind present in rows on b; done is
 // called with each kind's inserted row count.
 func queueInserts(b *pgx.Batch, rows []row, done func(k topic.Kind, n, inserted int)) {
-	byKind := map[topic.Kind][]row{}
-	for _, r := range rows {
-		byKind[r.kind] = append(byKind[r.kind], r)
-	}
+	kinds := byKind(rows)
 	for _, k := range topic.Kinds {
-		rs := byKind[k]
+		rs := kinds[k]
 		if len(rs) == 0 {
 			continue
 		}
@@ -246,4 +249,85 @@ func queueInserts(b *pgx.Batch, rows []row, done func(k topic.Kind, n, inserted 
 			return nil
 		})
 	}
+}
+
+// copyColumns are the columns the optimistic binary COPY writes per table,
+// in the order of copyValues.
+var copyColumns = map[topic.Kind][]string{
+	topic.KindVisits: {"shard", "id", "locality", "chunk", "region", "latitude", "longitude", "canvasser_id",
+		"received_at", "kafka_partition", "kafka_offset", "replaces_id", "visited_at", "dwelling_id", "address", "outcome"},
+	topic.KindIntentions: {"shard", "id", "locality", "chunk", "region", "latitude", "longitude", "canvasser_id",
+		"received_at", "kafka_partition", "kafka_offset", "replaces_id", "recorded_at", "visit_id", "elector_id", "option"},
+	topic.KindFollowups: {"shard", "id", "locality", "chunk", "region", "latitude", "longitude", "canvasser_id",
+		"received_at", "kafka_partition", "kafka_offset", "replaces_id", "recorded_at", "visit_id", "elector_id", "issue", "method"},
+}
+
+// copyValues returns r's values in the order of copyColumns[r.kind].
+func copyValues(r row) []any {
+	v := []any{r.shard, r.id, int64(r.loc), r.loc.Chunk(), r.loc.Region(), r.lat, r.lon, r.canvasser,
+		r.received, r.partition, r.offset, r.replaces, r.at}
+	switch r.kind {
+	case topic.KindVisits:
+		return append(v, r.a, r.b, r.c)
+	case topic.KindIntentions:
+		return append(v, r.visitID, r.a, r.b)
+	default:
+		return append(v, r.visitID, r.a, r.b, r.c)
+	}
+}
+
+// byKind splits rows by kind, each kind's rows in primary key order
+// (shard, id): two writers inserting overlapping rows into one database
+// then meet them in the same order, so one waits for the other instead of
+// both waiting for each other (a deadlock Postgres would break by failing
+// one of them).
+func byKind(rows []row) map[topic.Kind][]row {
+	out := map[topic.Kind][]row{}
+	for _, r := range rows {
+		out[r.kind] = append(out[r.kind], r)
+	}
+	for _, rs := range out {
+		slices.SortFunc(rs, func(a, b row) int {
+			return cmp.Or(cmp.Compare(a.shard, b.shard), bytes.Compare(a.id.Bytes[:], b.id.Bytes[:]))
+		})
+	}
+	return out
+}
+
+// copyRows binary-COPYs rows straight into their tables, in tx, one COPY
+// per kind present: no idempotence of its own. A row stored already fails
+// it with a unique violation (SQLSTATE 23505), and tx with it; the caller
+// then writes the batch again with queueInserts. It returns each kind's
+// row count.
+func copyRows(ctx context.Context, tx pgx.Tx, rows []row) ([]count, error) {
+	kinds := byKind(rows)
+	counts := make([]count, 0, len(kinds))
+	for _, k := range topic.Kinds {
+		rs := kinds[k]
+		if len(rs) == 0 {
+			continue
+		}
+		vals := make([][]any, len(rs))
+		for i, r := range rs {
+			vals[i] = copyValues(r)
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{string(k)}, copyColumns[k], pgx.CopyFromRows(vals)); err != nil {
+			return nil, fmt.Errorf("copying %d rows into %s: %w", len(rs), k, err)
+		}
+		counts = append(counts, count{k, len(rs), len(rs)})
+	}
+	return counts, nil
+}
+
+// registerEnums lets pgx encode the enum columns (outcome, method) for
+// binary COPY; it runs on every new connection to a shard database.
+func registerEnums(ctx context.Context, conn *pgx.Conn) error {
+	for _, name := range []string{"visit_outcome", "followup_method"} {
+		t, err := conn.LoadType(ctx, name)
+		if err != nil {
+			return fmt.Errorf("loading enum type %s: %w", name, err)
+		}
+		conn.TypeMap().RegisterType(t)
+	}
+	return nil
 }

@@ -4,9 +4,14 @@
 // map kept in the router database.
 //
 // Write groups a batch by database and writes each group in one
-// transaction with one set-based idempotent insert per table
-// (INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING), databases in
-// parallel. It returns nil only when every database committed. A database
+// transaction, databases in parallel: first an optimistic binary COPY
+// straight into each table (as fast as a plain COPY when every row is
+// new); when a row is stored already (a unique violation: a re-delivery, a
+// replay) the transaction rolls back to a savepoint taken at BEGIN and
+// writes the group with one set-based idempotent insert per table
+// (INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING), which that
+// database's next batches then use straight away for a while. It returns
+// nil only when every database committed. A database
 // that is down or read-only makes the whole batch fail transiently (the
 // runtime retries it; rows already committed elsewhere are skipped as
 // duplicates). A row that breaks a constraint forever comes back as a
@@ -16,9 +21,10 @@
 // Around each batch the sink holds shardmap.WriteLock in shared mode on the
 // router and re-reads the map when its version changed, so a shard move
 // (which takes the lock exclusively to switch the map) is safe with any
-// number of persisters. The shard transactions commit only after a check
-// that the lock's router session is still alive; a lost session makes the
-// batch fail transiently (ErrLockLost) with nothing committed.
+// number of persisters. Each shard transaction commits only after a check,
+// made after its inserts, that the lock's router session is still alive; a
+// lost session makes the batch fail transiently (ErrLockLost) with the
+// databases not yet committed rolled back.
 //
 // A statement a database refuses whatever the data (SQLSTATE class 42 or
 // 3F: a missing column or table, no privilege) makes Write return a
@@ -35,6 +41,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,13 +67,16 @@ type Sink struct {
 	log    *slog.Logger
 	router *pgxpool.Pool
 
-	mu    sync.Mutex
-	m     *shardmap.Map
-	pools map[string]*pgxpool.Pool // by connection string
+	mu       sync.Mutex
+	m        *shardmap.Map
+	pools    map[string]*pgxpool.Pool // by connection string
+	skipCopy map[string]int           // batches left in a database's COPY backoff, by name
 
-	// Test seams (export_test.go): called in Write after every database
-	// inserted its rows and before the lock check, and after the lock check
-	// and before the commits.
+	unlocking sync.WaitGroup // lock sessions being released (unlock)
+
+	// Test seams (export_test.go): called in Write for every database,
+	// after it inserted its rows and before its lock check, and after its
+	// lock check and before its commit.
 	afterInsert, beforeCommit func()
 }
 
@@ -100,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the router database: %w", err)
 	}
-	s := &Sink{cfg: cfg, log: log, router: router, pools: map[string]*pgxpool.Pool{}}
+	s := &Sink{cfg: cfg, log: log, router: router, pools: map[string]*pgxpool.Pool{}, skipCopy: map[string]int{}}
 	m, err := shardmap.Load(ctx, router)
 	if err != nil {
 		router.Close()
@@ -125,6 +135,7 @@ func (s *Sink) Map() *shardmap.Map {
 
 // Close closes every connection pool. Write must not be called after.
 func (s *Sink) Close() {
+	s.unlocking.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range s.pools {
@@ -161,6 +172,7 @@ func (s *Sink) pool(d shardmap.Database) (*pgxpool.Pool, error) {
 	}
 	cfg.MaxConns = int32(s.cfg.PoolSize)
 	cfg.ConnConfig.ConnectTimeout = connectTimeout
+	cfg.AfterConnect = registerEnums
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to shard database %s: %w", d.Name, err)
@@ -180,20 +192,16 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	start := time.Now()
 	defer func() { writeSeconds.Observe(time.Since(start).Seconds()) }()
 
-	// The shared lock lives as long as this transaction: a shard move
-	// cannot switch the map until every database below has committed.
-	lock, err := s.router.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return fmt.Errorf("locking the shard map: %w", err)
-	}
-	defer lock.Rollback(context.WithoutCancel(ctx))
-	version, err := shardmap.LockShared(ctx, lock)
+	// The shared lock lives as long as this session's transaction: a shard
+	// move cannot switch the map until every database below has committed.
+	lock, version, err := s.lockShared(ctx)
 	if err != nil {
 		if isFatal(err) {
 			return runtime.Fatal(err)
 		}
 		return err
 	}
+	defer s.unlock(lock)
 	lockWaitSeconds.Observe(time.Since(start).Seconds())
 	m := s.Map()
 	if version != m.Version {
@@ -233,61 +241,41 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		}
 	}
 
-	// Phase one: every database inserts its group in an open transaction.
+	// Every database, in parallel: insert its group in a transaction, check
+	// that the lock is still held, commit. The router session may have died
+	// since the lock was granted (idle timeout, terminated backend, TCP
+	// reset), and with it the lock: a shard move may then have switched the
+	// map and these rows belong elsewhere. A database's inserts took their
+	// table locks before its check succeeded, so a move that took the write
+	// lock after that check waits for this commit on the old database (see
+	// shards.Move) before it verifies and deletes there. A database commits
+	// as soon as its own check passed, whatever the others do: a database
+	// transaction never waits for another of the same batch, so two
+	// persisters writing overlapping rows into two databases cannot wait for
+	// each other across databases (a deadlock Postgres could not see), and
+	// what committed need not be written again on the retry.
+	lk := &lockCheck{lock: lock}
 	preps := make([]*prepared, 0, len(groups))
 	var wg sync.WaitGroup
 	for name, rows := range groups {
 		d, _ := m.Database(name)
 		p := &prepared{name: name, rows: len(rows)}
 		preps = append(preps, p)
-		wg.Go(func() { p.tx, p.counts, p.bad, p.err = s.prepare(ctx, d, rows, corrections) })
+		wg.Go(func() { s.writeDatabase(ctx, lk, p, d, rows, corrections) })
 	}
 	wg.Wait()
-	if s.afterInsert != nil {
-		s.afterInsert()
-	}
-	// Phase two: the lock must still be held when the shards commit. The
-	// router session may have died since it was granted (idle timeout,
-	// terminated backend, TCP reset), and with it the lock: a shard move may
-	// then have switched the map and these rows belong elsewhere. Every
-	// insert above took its table locks before this check succeeded, so a
-	// move that took the write lock after it waits for these commits on the
-	// old database (see shards.Move) before it verifies and deletes there.
-	if _, err := lock.Exec(ctx, "SELECT 1"); err != nil {
-		for _, p := range preps {
-			if p.tx != nil {
-				_ = p.tx.Rollback(context.WithoutCancel(ctx))
-			}
-		}
+	if lk.err != nil {
 		lockLostTotal.Inc()
-		return fmt.Errorf("checking the shard map lock before committing %d records: %w (%w)", len(batch), ErrLockLost, err)
 	}
-	if s.beforeCommit != nil {
-		s.beforeCommit()
-	}
-	// Phase three: commit. Every database finishes its transaction, even
-	// when another failed: what committed need not be written again on the
-	// retry.
-	for _, p := range preps {
-		if p.err != nil {
-			continue
-		}
-		wg.Go(func() {
-			if err := p.tx.Commit(ctx); err != nil {
-				p.err = err
-				return
-			}
-			countRows(p.counts)
-		})
-	}
-	wg.Wait()
 	var (
 		errs  []error
 		fatal bool
 	)
 	for _, p := range preps {
 		if p.err != nil {
-			databaseErrorsTotal.WithLabelValues(p.name).Inc()
+			if !errors.Is(p.err, ErrLockLost) {
+				databaseErrorsTotal.WithLabelValues(p.name).Inc()
+			}
 			fatal = fatal || isFatal(p.err)
 			errs = append(errs, fmt.Errorf("writing %d rows to shard database %s: %w", p.rows, p.name, p.err))
 			continue
@@ -313,15 +301,102 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	return nil
 }
 
-// prepared is one database's share of a batch, inserted in tx and not yet
-// committed.
+// lockShared acquires a router session and takes the shared shard map
+// lock on it in a transaction (shardmap.BeginShared: one round trip),
+// returning the map version current once the lock was granted.
+func (s *Sink) lockShared(ctx context.Context) (*pgxpool.Conn, int64, error) {
+	conn, err := s.router.Acquire(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("locking the shard map: %w", err)
+	}
+	version, err := shardmap.BeginShared(ctx, conn.Conn().PgConn())
+	if err != nil {
+		// not idle: the pool closes the session, and with it its transaction
+		conn.Release()
+		return nil, 0, err
+	}
+	return conn, version, nil
+}
+
+// unlock ends the lock session's transaction, releasing the shared lock,
+// without making the batch wait for it: the shards have committed or
+// rolled back by then, and a lock held a little longer only delays a shard
+// move. Close waits for it.
+func (s *Sink) unlock(conn *pgxpool.Conn) {
+	s.unlocking.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		defer cancel()
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+		conn.Release() // closed instead when the ROLLBACK failed
+	})
+}
+
+// prepared is one database's share of a batch and how writing it went.
 type prepared struct {
-	name   string
-	rows   int
-	tx     pgx.Tx // open when err is nil
-	counts []count
-	bad    []rejection
-	err    error
+	name string
+	rows int
+	bad  []rejection // rows the database refused for good
+	err  error       // nil when committed
+}
+
+// writeDatabase writes p, database d's share of a batch: inserts, lock
+// check, commit.
+func (s *Sink) writeDatabase(ctx context.Context, lk *lockCheck, p *prepared, d shardmap.Database, rows, corrections []row) {
+	tx, counts, bad, err := s.prepare(ctx, d, rows, corrections)
+	if err != nil {
+		p.err = err
+		return
+	}
+	if s.afterInsert != nil {
+		s.afterInsert()
+	}
+	if err := lk.check(ctx); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		p.err = fmt.Errorf("checking the shard map lock before committing: %w (%w)", ErrLockLost, err)
+		return
+	}
+	if s.beforeCommit != nil {
+		s.beforeCommit()
+	}
+	if err := tx.Commit(ctx); err != nil {
+		p.err = err
+		return
+	}
+	countRows(counts)
+	p.bad = bad
+}
+
+// lockCheck checks a batch's router session (and with it its shared shard
+// map lock) for every database about to commit. One check covers every
+// database that had finished inserting when it started, so databases
+// finishing together share one round trip.
+type lockCheck struct {
+	lock   *pgxpool.Conn
+	issued atomic.Int64 // tickets: one per database done inserting
+
+	mu      sync.Mutex
+	checked int64 // every ticket up to this one is covered
+	err     error // the first failed check: the lock is lost for good
+}
+
+// check returns nil when the lock is held now, after the caller's inserts.
+func (c *lockCheck) check(ctx context.Context) error {
+	ticket := c.issued.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	if ticket <= c.checked {
+		return nil
+	}
+	upTo := c.issued.Load()
+	if _, err := c.lock.Exec(ctx, "SELECT 1"); err != nil {
+		c.err = err
+		return err
+	}
+	c.checked = upTo
+	return nil
 }
 
 // rejection is a row the database refused for good.
@@ -330,39 +405,135 @@ type rejection struct {
 	reason error
 }
 
+// copyBackoff is how many batches in a row a database is written with
+// INSERT ... ON CONFLICT DO NOTHING straight away after its optimistic
+// COPY met a row stored already: a stream carrying re-deliveries (a
+// consumer restart, a replay beside the pipeline) then pays one failed COPY
+// per copyBackoff batches, not one per batch.
+const copyBackoff = 16
+
+// Savepoint statements of the optimistic COPY: the savepoint is taken in
+// the same round trip as BEGIN, so the fast path costs what a plain COPY
+// does.
+const (
+	beginCopy    = "BEGIN; SAVEPOINT persist_copy"
+	rollbackCopy = "ROLLBACK TO SAVEPOINT persist_copy"
+)
+
+// copyFirst reports whether database name's next batch tries the
+// optimistic COPY, counting down its backoff.
+func (s *Sink) copyFirst(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.skipCopy[name] > 0 {
+		s.skipCopy[name]--
+		return false
+	}
+	return true
+}
+
+// copyConflict starts database name's backoff.
+func (s *Sink) copyConflict(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.skipCopy[name] = copyBackoff
+}
+
 // prepare inserts rows, and the replaced ids of the batch's corrections,
 // into database d in one transaction and returns it open, ready to commit.
-// When the database refuses some rows' data it inserts the rest, row by
-// row, and returns the refused ones.
+// It first binary-COPYs the rows straight into the tables (as fast as a
+// plain COPY); when a row is stored already (unique violation) it rolls
+// back to the savepoint taken at BEGIN and inserts the batch idempotently
+// in the same transaction. When the database refuses some rows' data it
+// inserts the rest, row by row, and returns the refused ones.
 func (s *Sink) prepare(ctx context.Context, d shardmap.Database, rows, corrections []row) (pgx.Tx, []count, []rejection, error) {
 	pool, err := s.pool(d)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	tx, counts, err := insertAll(ctx, pool, rows, corrections)
+	var (
+		tx     pgx.Tx
+		counts []count
+	)
+	if s.copyFirst(d.Name) {
+		tx, counts, err = s.copyAll(ctx, d.Name, pool, rows, corrections)
+	} else {
+		batchesTotal.WithLabelValues("insert").Inc()
+		tx, counts, err = insertAll(ctx, pool, rows, corrections)
+	}
 	if err == nil || !isDataError(err) {
 		return tx, counts, nil, err
 	}
+	batchesTotal.WithLabelValues("row_by_row").Inc()
 	s.log.Debug("shard database refused a batch; writing it row by row", "database", d.Name, "rows", len(rows), "err", err)
 	return insertEach(ctx, pool, rows, corrections)
 }
 
+// copyAll is prepare's optimistic path: BEGIN and a savepoint, the
+// replaced ids, one binary COPY per table; on a unique violation, back to
+// the savepoint and the idempotent inserts. It returns the transaction
+// open, or an error with the transaction rolled back.
+func (s *Sink) copyAll(ctx context.Context, name string, pool *pgxpool.Pool, rows, corrections []row) (_ pgx.Tx, _ []count, err error) {
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: beginCopy})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	counts, err := copyRows(ctx, tx, rows)
+	if err == nil && len(corrections) > 0 {
+		b := &pgx.Batch{}
+		queueReplaced(b, corrections)
+		err = tx.SendBatch(ctx, b).Close()
+	}
+	if err == nil {
+		batchesTotal.WithLabelValues("copy").Inc()
+		return tx, counts, nil
+	}
+	if !isUniqueViolation(err) {
+		return nil, nil, err
+	}
+	// A row stored already: a re-delivery, a replay, another persister.
+	s.copyConflict(name)
+	batchesTotal.WithLabelValues("copy_then_insert").Inc()
+	if _, err := tx.Exec(ctx, rollbackCopy); err != nil {
+		return nil, nil, err
+	}
+	if counts, err = insertIn(ctx, tx, rows, corrections); err != nil {
+		return nil, nil, err
+	}
+	return tx, counts, nil
+}
+
 // insertAll inserts rows and corrections' replaced ids in one transaction
-// (begin and one insert per table go out together) and returns it open.
+// and returns it open.
 func insertAll(ctx context.Context, pool *pgxpool.Pool, rows, corrections []row) (pgx.Tx, []count, error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	counts, err := insertIn(ctx, tx, rows, corrections)
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, nil, err
+	}
+	return tx, counts, nil
+}
+
+// insertIn inserts rows and corrections' replaced ids in tx, one insert per
+// table, all in one round trip.
+func insertIn(ctx context.Context, tx pgx.Tx, rows, corrections []row) ([]count, error) {
 	var counts []count
 	b := &pgx.Batch{}
 	queueReplaced(b, corrections)
 	queueInserts(b, rows, func(k topic.Kind, n, inserted int) { counts = append(counts, count{k, n, inserted}) })
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, nil, err
+		return nil, err
 	}
-	return tx, counts, nil
+	return counts, nil
 }
 
 // insertEach inserts rows one at a time behind savepoints, in one
@@ -451,4 +622,11 @@ func isDataError(err error) bool {
 	}
 	class := pgErr.Code[:2]
 	return class == "22" || class == "23"
+}
+
+// isUniqueViolation reports whether err is SQLSTATE 23505 (a row with the
+// same primary key is stored already).
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }

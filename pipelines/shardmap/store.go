@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -116,6 +117,31 @@ func LockShared(ctx context.Context, tx pgx.Tx) (version int64, err error) {
 	}
 	return version, nil
 }
+
+// BeginShared begins a read-only transaction on conn, takes WriteLock in
+// shared mode for the rest of it (waiting while a shard move holds it) and
+// reads the current map version, all in one round trip (one simple-protocol
+// query string: BEGIN, the lock, the version, each statement with its own
+// snapshot, so the version sees a switch made while waiting). It is
+// LockShared with the BEGIN folded in; the caller ends the transaction
+// (ROLLBACK) to release the lock. On an error the transaction may be open:
+// the caller closes or discards the connection.
+func BeginShared(ctx context.Context, conn *pgconn.PgConn) (version int64, err error) {
+	res, err := conn.Exec(ctx, beginShared).ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("locking the shard map for writing: %w", err)
+	}
+	if len(res) != 3 || len(res[2].Rows) != 1 || len(res[2].Rows[0]) != 1 {
+		return 0, fmt.Errorf("locking the shard map for writing: %d results, want 3", len(res))
+	}
+	if version, err = strconv.ParseInt(string(res[2].Rows[0][0]), 10, 64); err != nil {
+		return 0, fmt.Errorf("reading the shard map version: %w", err)
+	}
+	return version, nil
+}
+
+var beginShared = fmt.Sprintf(`BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SELECT pg_advisory_xact_lock_shared(%d); `+
+	`SELECT coalesce(max(version), 0) FROM shard_map_versions`, WriteLock)
 
 // AddDatabase registers a database that can hold shards. Registering the
 // same name and connection string again does nothing; another connection
