@@ -22,13 +22,19 @@ import (
 func nextLiveBatch(ctx context.Context, in <-chan kafka.Message, size int, linger time.Duration) []kafka.Message {
 	var msgs []kafka.Message
 	var c catchUp
+	// take adds a received message; false when in is closed.
+	take := func(m kafka.Message, ok bool) bool {
+		if ok {
+			msgs = append(msgs, m)
+			c.add(m)
+		}
+		return ok
+	}
 	select {
 	case m, ok := <-in:
-		if !ok {
+		if !take(m, ok) {
 			return nil
 		}
-		msgs = append(msgs, m)
-		c.add(m)
 	case <-ctx.Done():
 		return nil
 	}
@@ -39,11 +45,9 @@ func nextLiveBatch(ctx context.Context, in <-chan kafka.Message, size int, linge
 			// caught up: take what is already waiting, then go
 			select {
 			case m, ok := <-in:
-				if !ok {
+				if !take(m, ok) {
 					return msgs
 				}
-				msgs = append(msgs, m)
-				c.add(m)
 				continue
 			default:
 				return msgs
@@ -51,11 +55,9 @@ func nextLiveBatch(ctx context.Context, in <-chan kafka.Message, size int, linge
 		}
 		select {
 		case m, ok := <-in:
-			if !ok {
+			if !take(m, ok) {
 				return msgs
 			}
-			msgs = append(msgs, m)
-			c.add(m)
 		case <-t.C:
 			return msgs
 		case <-ctx.Done():

@@ -22,12 +22,7 @@ func (s *Sink) writePerRecord(ctx context.Context, targets []target, recs []prep
 	calls := make([]call, 0, len(targets)*len(recs))
 	for _, t := range targets {
 		for _, r := range recs {
-			wasReplaced := answers.claimed()
-			var old replaced
-			if r.replaces != "" {
-				old = answers.replaced()
-			}
-			for _, o := range appendOps(nil, r, old, false, wasReplaced) {
+			for _, o := range answers.ops(r) {
 				calls = append(calls, s.recordCall(t, o))
 			}
 		}

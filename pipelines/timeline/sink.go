@@ -314,12 +314,7 @@ func (s *Sink) writeByLocality(ctx context.Context, targets []target, recs []pre
 			byLoc[o.loc] = append(byLoc[o.loc], o)
 		}
 		for _, r := range recs {
-			wasReplaced := answers.claimed()
-			var old replaced
-			if r.replaces != "" {
-				old = answers.replaced()
-			}
-			for _, o := range appendOps(nil, r, old, false, wasReplaced) {
+			for _, o := range answers.ops(r) {
 				add(o)
 			}
 		}
@@ -374,6 +369,17 @@ func (a *idAnswers) claimed() bool {
 	v, _ := a.replies[a.next].(int64)
 	a.next++
 	return v == 1
+}
+
+// ops reads the replies of r's id script calls (its claim, and its
+// replace if r is a correction) and returns r's ops.
+func (a *idAnswers) ops(r prepared) []op {
+	wasReplaced := a.claimed()
+	var old replaced
+	if r.replaces != "" {
+		old = a.replaced()
+	}
+	return appendOps(nil, r, old, false, wasReplaced)
 }
 
 // replaced reads a replace's reply: where the replaced id counted.
