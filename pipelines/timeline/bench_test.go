@@ -36,10 +36,15 @@ const (
 //     and the sink writing to a standalone Redis, where one script call
 //     carries a whole batch; baseline: the same pipeline through the
 //     per-record path. Target ≥ 2×.
-//   - pipeline-vs-bare-script and pipeline-vs-zadd: the same figure next to
-//     the per-record script calls issued bare (batch after batch of 500
-//     pipelined EVALSHA, no Kafka, no decoding) and next to plain pipelined
-//     ZADD + ZREMRANGEBYRANK per record, the floor of Redis work.
+//   - pipeline-vs-bare-script, pipeline-vs-zadd, pipeline-vs-runtime-alone:
+//     the same figure next to the per-record script calls issued bare
+//     (batch after batch of 500 pipelined EVALSHA, no Kafka, no decoding),
+//     next to plain pipelined ZADD + ZREMRANGEBYRANK per record (the floor
+//     of Redis work), and next to the runtime with a sink that writes
+//     nothing (the ceiling of any sink).
+//   - standalone-writes-records-per-s: the sink's writes alone, the
+//     pipeline's batches issued bare; baseline: the per-record path's.
+//     Target ≥ 2×.
 //   - cluster-one-chunk-records-per-s: sink writes of 500-record batches to
 //     a 3-master Redis Cluster for one team in one chunk (its 25
 //     localities), where one script call carries a locality's records;
@@ -65,7 +70,7 @@ func BenchmarkTimeline(b *testing.B) {
 	// Each figure is the best of benchRounds alternating runs: the machine
 	// is shared (redis-server, the in-process broker and the test), so the
 	// best run is the one least disturbed.
-	var pipeline, today, bare, zadd, chunkNew, chunkOld, spreadNew, spreadOld float64
+	var pipeline, today, ceiling, bare, bareNew, zadd, chunkNew, chunkOld, spreadNew, spreadOld float64
 	b.ResetTimer()
 	for i := range b.N {
 		for round := range benchRounds {
@@ -73,7 +78,9 @@ func BenchmarkTimeline(b *testing.B) {
 			pipeline = max(pipeline, rate)
 			rate, _ = benchPipeline(b, k.Addr(), fmt.Sprintf("bench-old-%d-%d", i, round), true)
 			today = max(today, rate)
-			bare = max(bare, benchBare(b, batches))
+			ceiling = max(ceiling, benchCeiling(b, k.Addr(), fmt.Sprintf("bench-none-%d-%d", i, round)))
+			bare = max(bare, benchBare(b, batches, true))
+			bareNew = max(bareNew, benchBare(b, batches, false))
 			zadd = max(zadd, benchZAdd(b, batches))
 			prefix := fmt.Sprintf("b%d-%d-", i, round)
 			chunkNew = max(chunkNew, benchWrites(b, cluster.client, prefix+"chunk:", oneChunk, false))
@@ -90,6 +97,10 @@ func BenchmarkTimeline(b *testing.B) {
 		BaselineName: "the same pipeline, per-record script calls (the sink before the batch script), same run", Baseline: today, Target: "ratio>=2"})
 	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/pipeline-vs-bare-script", Value: pipeline, Unit: "records/s",
 		BaselineName: "per-record script calls issued bare, same batches", Baseline: bare})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/pipeline-vs-runtime-alone", Value: pipeline, Unit: "records/s",
+		BaselineName: "the runtime with a sink that writes nothing, same topic", Baseline: ceiling})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/standalone-writes-records-per-s", Value: bareNew, Unit: "records/s",
+		BaselineName: "per-record script calls issued bare, same batches", Baseline: bare, Target: "ratio>=2"})
 	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/pipeline-vs-zadd", Value: pipeline, Unit: "records/s",
 		BaselineName: "pipelined ZADD + trim per record, same batches", Baseline: zadd})
 	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/cluster-one-chunk-records-per-s", Value: chunkNew, Unit: "records/s",
@@ -115,6 +126,18 @@ func benchPipeline(b *testing.B, addr, group string, perRecord bool) (float64, [
 	rate, batches := sinktest.MeasurePipeline(b, cfg, e.sink, benchRecords)
 	e.drop(b)
 	return rate, batches
+}
+
+// benchCeiling consumes the whole topic with the runtime and a sink that
+// writes nothing: the rate of fetching and decoding alone, which bounds
+// the pipeline whatever the sink.
+func benchCeiling(b *testing.B, addr, group string) float64 {
+	cfg := sinktest.ConsumerConfig(addr, group)
+	cfg.BatchSize = runtime.DefaultBatchSize
+	cfg.Linger = runtime.DefaultLinger
+	none := runtime.SinkFunc("none", func(context.Context, []runtime.Record) error { return nil })
+	rate, _ := sinktest.MeasurePipeline(b, cfg, none, benchRecords)
+	return rate
 }
 
 // benchBatches returns msgs as the runtime hands them to a sink, in
@@ -166,12 +189,15 @@ func benchWrites(b *testing.B, client redis.UniversalClient, prefix string, batc
 	return float64(n) / time.Since(start).Seconds()
 }
 
-// benchBare issues the script calls of the per-record path, in the same
-// batches as the pipeline got, straight from the decoded records.
-func benchBare(b *testing.B, batches [][]runtime.Record) float64 {
+// benchBare issues the sink's script calls (the per-record path's if
+// perRecord), in the same batches as the pipeline got, straight from the
+// decoded records.
+func benchBare(b *testing.B, batches [][]runtime.Record, perRecord bool) float64 {
 	e := newEnv(b, timeline.Config{})
-	if err := timeline.PerRecord(e.sink); err != nil {
-		b.Fatal(err)
+	if perRecord {
+		if err := timeline.PerRecord(e.sink); err != nil {
+			b.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // the whole run, on a busy machine
 	defer cancel()

@@ -501,7 +501,9 @@ func (s *Sink) pipeline(ctx context.Context, script *redis.Script, calls []call)
 		case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
 			return nil, fmt.Errorf("writing %d records to redis timelines: %w", len(calls), cerr)
 		case fatal == nil && isBrokenKey(cerr):
-			fatal = runtime.Fatal(fmt.Errorf("writing to redis key %s: %w", calls[i].keys[0], BrokenKeyError{cerr}))
+			// the error names the broken key; a batch call's first key
+			// is only where its keys start
+			fatal = runtime.Fatal(fmt.Errorf("writing to redis timelines (keys from %s): %w", calls[i].keys[0], BrokenKeyError{cerr}))
 		}
 	}
 	if fatal != nil {
