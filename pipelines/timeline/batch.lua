@@ -29,7 +29,10 @@
 -- key is repaired the retried batch counts it once.
 local ttl, keep = ARGV[1], tonumber(ARGV[2])
 local want = {'set', 'zset', 'hash', 'hash', 'hash'}
-local checked, touched = {}, {}
+-- per locality (by k): keys checked (false, or the error), keys written,
+-- counter fields found to be integers, the timeline's size once read, and
+-- the counter changes, applied once per field at the end
+local checked, touched, good, card, delta = {}, {}, {}, {}, {}
 local first, counted = nil, 0
 
 local function badKeys(k)
@@ -48,22 +51,48 @@ local function badKeys(k)
   return bad
 end
 
-local function badCounter(ct, field)
-  local v = redis.call('HGET', ct, field)
-  if v and not (string.match(v, '^-?%d+$') and #v < 19) then
-    return redis.error_reply('CHAPPER_BADKEY counter ' .. field .. ' of ' .. ct ..
-      ' is not an integer below 10^18: ' .. string.format('%q', string.sub(v, 1, 40)))
+-- badCounters checks the counter fields a and b of locality k (counters
+-- hash ct) once per call: our own changes keep them integers.
+local function badCounters(k, ct, a, b)
+  local g = good[k]
+  if not g then
+    g = {}
+    good[k] = g
   end
+  local need = {}
+  if not g[a] then need[#need + 1] = a end
+  if b ~= a and not g[b] then need[#need + 1] = b end
+  if #need == 0 then return nil end
+  local vs = redis.call('HMGET', ct, unpack(need))
+  for i, field in ipairs(need) do
+    local v = vs[i]
+    if v and not (string.match(v, '^-?%d+$') and #v < 19) then
+      return redis.error_reply('CHAPPER_BADKEY counter ' .. field .. ' of ' .. ct ..
+        ' is not an integer below 10^18: ' .. string.format('%q', string.sub(v, 1, 40)))
+    end
+  end
+  for _, field in ipairs(need) do g[field] = true end
+  return nil
+end
+
+local function add(k, field, n)
+  local d = delta[k]
+  if not d then
+    d = {}
+    delta[k] = d
+  end
+  d[field] = (d[field] or 0) + n
 end
 
 -- claim keeps the id record of a record (id.lua's claim) and returns '1'
 -- if a correction replaced the record already, or an error.
 local function claim(key, loc, field)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= 'hash' then
+  -- HSET on a key of another type fails before it writes anything
+  local r = redis.pcall('HSET', key, 'l', loc, 'f', field)
+  if type(r) == 'table' and r.err then
+    local t = redis.call('TYPE', key)['ok']
     return nil, redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a hash')
   end
-  redis.call('HSET', key, 'l', loc, 'f', field)
   redis.call('PEXPIRE', key, ttl)
   if redis.call('HEXISTS', key, 'r') == 1 then
     return '1'
@@ -102,16 +131,12 @@ local function apply(o)
     uncount = ARGV[o + 12] == '1' and redis.call('SISMEMBER', seen, replaces) == 1
   end
   if count then
-    for _, f in ipairs({kind, detail}) do
-      local err = badCounter(ct, f)
-      if err then return err end
-    end
+    local err = badCounters(k, ct, kind, detail)
+    if err then return err end
   end
   if uncount then
-    for _, f in ipairs({kind, ARGV[o + 13]}) do
-      local err = badCounter(ct, f)
-      if err then return err end
-    end
+    local err = badCounters(k, ct, kind, ARGV[o + 13])
+    if err then return err end
   end
   if not (new or mark) then
     return nil
@@ -129,32 +154,34 @@ local function apply(o)
   end
   if uncount then
     -- The replaced record stops counting and leaves the timeline; a counter
-    -- that drops to 0 is deleted, so that the end state does not depend on
-    -- whether the replaced record came before its correction.
-    for _, f in ipairs({kind, ARGV[o + 13]}) do
-      if redis.call('HINCRBY', ct, f, -1) == 0 then
-        redis.call('HDEL', ct, f)
-      end
-    end
-    redis.call('ZREM', tl, replaces)
+    -- that drops to 0 is deleted (at the end, see below), so that the end
+    -- state does not depend on whether the replaced record came before its
+    -- correction.
+    add(k, kind, -1)
+    add(k, ARGV[o + 13], -1)
+    local gone = redis.call('ZREM', tl, replaces)
+    if card[k] then card[k] = card[k] - gone end
     redis.call('HDEL', rec, replaces)
   end
   if count then
-    redis.call('HINCRBY', ct, kind, 1)
-    redis.call('HINCRBY', ct, detail, 1)
-    redis.call('ZADD', tl, ARGV[o + 3], id)
+    add(k, kind, 1)
+    add(k, detail, 1)
+    local n = card[k] or redis.call('ZCARD', tl)
+    n = n + redis.call('ZADD', tl, ARGV[o + 3], id)
     redis.call('HSET', rec, id, ARGV[o + 4])
-    local extra = redis.call('ZCARD', tl) - keep
-    if extra > 0 then
+    if n > keep then
       -- The oldest by record time go, with their bodies; a late record
       -- older than everything kept is trimmed straight away but stays
       -- counted.
-      local old = redis.call('ZRANGE', tl, 0, extra - 1)
-      redis.call('ZREMRANGEBYRANK', tl, 0, extra - 1)
-      for i = 1, #old, 500 do
-        redis.call('HDEL', rec, unpack(old, i, math.min(i + 499, #old)))
+      local old = redis.call('ZPOPMIN', tl, n - keep)
+      for i = 1, #old, 1000 do
+        local ids = {}
+        for j = i, math.min(i + 999, #old), 2 do ids[#ids + 1] = old[j] end
+        redis.call('HDEL', rec, unpack(ids))
       end
+      n = keep
     end
+    card[k] = n
     counted = counted + 1
   end
   -- News once: for a counted record, and for a correction that took a
@@ -170,6 +197,15 @@ for o = 3, #ARGV, 14 do
   local err = apply(o)
   if err and not first then
     first = err
+  end
+end
+-- The counters, one change per field: a field that ends at 0 after a
+-- decrement is deleted, as when each record changed it in turn.
+for k, d in pairs(delta) do
+  for field, n in pairs(d) do
+    if n ~= 0 and redis.call('HINCRBY', KEYS[k + 2], field, n) == 0 then
+      redis.call('HDEL', KEYS[k + 2], field)
+    end
   end
 end
 for k in pairs(touched) do

@@ -142,7 +142,7 @@ func benchCeiling(b *testing.B, addr, group string) float64 {
 
 // benchBatches returns msgs as the runtime hands them to a sink, in
 // batches of the default batch size.
-func benchBatches(b *testing.B, msgs []proto.Message) [][]runtime.Record {
+func benchBatches(b testing.TB, msgs []proto.Message) [][]runtime.Record {
 	var out [][]runtime.Record
 	for len(msgs) > 0 {
 		n := min(len(msgs), runtime.DefaultBatchSize)
