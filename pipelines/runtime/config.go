@@ -58,6 +58,9 @@ type Config struct {
 	// BatchSize is the most records handed to one Sink.Write.
 	BatchSize int
 	// Linger is the longest wait to fill a batch once its first record came.
+	// The live consumer waits only while records keep arriving: a batch
+	// that holds every partition in it read up to its fetch's high-water
+	// mark is written at once.
 	Linger time.Duration
 	// DeadLetterTopic takes the records that can never be written.
 	DeadLetterTopic string
@@ -109,7 +112,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	c.Topics = []string{topic.Visits, topic.Intentions, topic.Followups}
 	fs.Var((*listValue)(&c.Topics), prefix+".topics", "Comma-separated record topics to consume.")
 	fs.IntVar(&c.BatchSize, prefix+".batch-size", DefaultBatchSize, "Most records per sink write.")
-	fs.DurationVar(&c.Linger, prefix+".linger", DefaultLinger, "Longest wait to fill a batch once its first record arrived.")
+	fs.DurationVar(&c.Linger, prefix+".linger", DefaultLinger, "Longest wait to fill a batch once its first record arrived; a batch that caught up with every partition it holds is written at once.")
 	fs.StringVar(&c.DeadLetterTopic, prefix+".dead-letter-topic", topic.DeadLetter, "Topic for records that can never be written.")
 	fs.DurationVar(&c.MinBackoff, prefix+".min-backoff", DefaultMinBackoff, "First wait before retrying a batch after a transient sink error.")
 	fs.DurationVar(&c.MaxBackoff, prefix+".max-backoff", DefaultMaxBackoff, "Longest wait between retries of a failing batch.")

@@ -238,7 +238,7 @@ func (c *Consumer) consume(ctx, gctx context.Context, gen *kafka.Generation) err
 		wg.Go(func() { c.readPartition(stop, tp, offset, in) })
 	}
 	for {
-		msgs := nextBatch(stop, in, c.cfg.BatchSize, c.cfg.Linger)
+		msgs := nextLiveBatch(stop, in, c.cfg.BatchSize, c.cfg.Linger)
 		if len(msgs) == 0 {
 			return nil
 		}

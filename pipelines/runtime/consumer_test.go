@@ -513,3 +513,30 @@ func TestConsumerStartedBeforeTopics(t *testing.T) {
 		return nil
 	})
 }
+
+// A batch that holds everything there is to read is written at once, not
+// after the linger (issue 14, freshness): with a 10 s linger and room for
+// 1000 records, a lone record reaches the sink well before the linger ends.
+// The consumer used to linger the full 10 s for it.
+func TestCaughtUpBatchSkipsLinger(t *testing.T) {
+	k := devtest.Kafka(t)
+	sinktest.CreateTopics(t, k.Addr())
+	cfg := sinktest.ConsumerConfig(k.Addr(), "caught-up")
+	cfg.BatchSize, cfg.Linger = 1000, 10*time.Second
+	sink := newMemSink("memory")
+	r := sinktest.Start(t, cfg, sink)
+	sinktest.Eventually(t, 30*time.Second, r.Consumer.Ready)
+
+	for i, recs := range [][]proto.Message{sinktest.Records(1, 1), sinktest.Records(2, 3)} {
+		sinktest.ProduceRecords(t, k.Addr(), recs...)
+		produced := time.Now()
+		sinktest.Eventually(t, 5*time.Second, func() error {
+			for _, m := range recs {
+				if !sink.Has(t, m) {
+					return fmt.Errorf("round %d: a record is not written %v after it was produced (linger %v)", i, time.Since(produced), cfg.Linger)
+				}
+			}
+			return nil
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/runtime/sinktest"
@@ -17,19 +18,42 @@ import (
 	"github.com/chapper/chapper/services/devstack/devtest"
 )
 
-// benchRecords is the workload of BenchmarkTimeline, run benchRounds times.
+// The workloads of BenchmarkTimeline: benchRecords records through the
+// pipeline, benchClusterRecords written to a cluster, each run benchRounds
+// times.
 const (
-	benchRecords = 100_000
-	benchRounds  = 3
+	benchRecords        = 100_000
+	benchClusterRecords = 20_000
+	benchRounds         = 3
 )
 
-// BenchmarkTimeline measures the timeline pipeline's throughput from a
-// filled topic (12 partitions, 100k records of all kinds over about 600
-// localities in three towns): (a) the runtime consuming and the timeline
-// sink writing, (b) the same script calls issued bare, batch after batch of
-// 500 pipelined EVALSHA, no Kafka and no decoding, (c) plain pipelined ZADD
-// + ZREMRANGEBYRANK per record for reference. Target: (a) ≥ 70% of (b).
-// Every run writes 100k new records under a fresh key prefix.
+// BenchmarkTimeline measures the timeline sink against what it did before
+// (two script calls per record: the per-record path, kept callable for
+// this), in the same run:
+//
+//   - records-per-s: the runtime consuming a filled topic (12 partitions,
+//     100k records of all kinds over about 600 localities in three towns)
+//     and the sink writing to a standalone Redis, where one script call
+//     carries a whole batch; baseline: the same pipeline through the
+//     per-record path. Target ≥ 2×.
+//   - pipeline-vs-bare-script, pipeline-vs-zadd, pipeline-vs-runtime-alone:
+//     the same figure next to the per-record script calls issued bare
+//     (batch after batch of 500 pipelined EVALSHA, no Kafka, no decoding),
+//     next to plain pipelined ZADD + ZREMRANGEBYRANK per record (the floor
+//     of Redis work), and next to the runtime with a sink that writes
+//     nothing (the ceiling of any sink).
+//   - standalone-writes-records-per-s: the sink's writes alone, the
+//     pipeline's batches issued bare; baseline: the per-record path's.
+//     Target ≥ 2×.
+//   - cluster-one-chunk-records-per-s: sink writes of 500-record batches to
+//     a 3-master Redis Cluster for one team in one chunk (its 25
+//     localities), where one script call carries a locality's records;
+//     baseline: the per-record path. Target ≥ 1.5×.
+//   - cluster-spread-records-per-s: the same over the topic's ~600
+//     localities, where most localities have one or two records per batch.
+//     Target ≥ 1× (never slower).
+//
+// Every run writes new records under a fresh key prefix.
 func BenchmarkTimeline(b *testing.B) {
 	k := devtest.Kafka(b)
 	sinktest.CreateTopicsN(b, k.Addr(), 12)
@@ -39,34 +63,63 @@ func BenchmarkTimeline(b *testing.B) {
 		msgs[i] = sinktest.Message(b, r)
 	}
 	sinktest.Produce(b, k.Addr(), msgs...)
+	cluster := clusterEnv(b, timeline.Config{})
+	spread := benchBatches(b, recs[:benchClusterRecords])
+	oneChunk := benchBatches(b, inOneChunk(recs[:benchClusterRecords]))
 
 	// Each figure is the best of benchRounds alternating runs: the machine
 	// is shared (redis-server, the in-process broker and the test), so the
 	// best run is the one least disturbed.
-	var pipeline, bare, zadd float64
+	var pipeline, today, ceiling, bare, bareNew, zadd, chunkNew, chunkOld, spreadNew, spreadOld float64
 	b.ResetTimer()
 	for i := range b.N {
 		for round := range benchRounds {
-			rate, batches := benchPipeline(b, k.Addr(), fmt.Sprintf("bench-%d-%d", i, round))
+			rate, batches := benchPipeline(b, k.Addr(), fmt.Sprintf("bench-%d-%d", i, round), false)
 			pipeline = max(pipeline, rate)
-			bare = max(bare, benchBare(b, batches))
+			rate, _ = benchPipeline(b, k.Addr(), fmt.Sprintf("bench-old-%d-%d", i, round), true)
+			today = max(today, rate)
+			ceiling = max(ceiling, benchCeiling(b, k.Addr(), fmt.Sprintf("bench-none-%d-%d", i, round)))
+			bare = max(bare, benchBare(b, batches, true))
+			bareNew = max(bareNew, benchBare(b, batches, false))
 			zadd = max(zadd, benchZAdd(b, batches))
+			prefix := fmt.Sprintf("b%d-%d-", i, round)
+			chunkNew = max(chunkNew, benchWrites(b, cluster.client, prefix+"chunk:", oneChunk, false))
+			chunkOld = max(chunkOld, benchWrites(b, cluster.client, prefix+"chunk-old:", oneChunk, true))
+			spreadNew = max(spreadNew, benchWrites(b, cluster.client, prefix+"spread:", spread, false))
+			spreadOld = max(spreadOld, benchWrites(b, cluster.client, prefix+"spread-old:", spread, true))
+			cluster.dropAll(b)
 		}
 	}
 	b.StopTimer()
 	b.ReportMetric(pipeline, "records/s")
-	b.ReportMetric(bare, "bare-records/s")
-	b.ReportMetric(zadd, "zadd-records/s")
-	b.ReportMetric(100*pipeline/bare, "%-of-bare")
-	fmt.Printf("timeline: pipeline %.0f rec/s = %.0f%% of bare script calls %.0f rec/s (plain ZADD+trim %.0f rec/s; %d records)\n",
-		pipeline, 100*pipeline/bare, bare, zadd, benchRecords)
+	b.ReportMetric(today, "per-record-path-records/s")
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/records-per-s", Value: pipeline, Unit: "records/s",
+		BaselineName: "the same pipeline, per-record script calls (the sink before the batch script), same run", Baseline: today, Target: "ratio>=2"})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/pipeline-vs-bare-script", Value: pipeline, Unit: "records/s",
+		BaselineName: "per-record script calls issued bare, same batches", Baseline: bare})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/pipeline-vs-runtime-alone", Value: pipeline, Unit: "records/s",
+		BaselineName: "the runtime with a sink that writes nothing, same topic", Baseline: ceiling})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/standalone-writes-records-per-s", Value: bareNew, Unit: "records/s",
+		BaselineName: "per-record script calls issued bare, same batches", Baseline: bare, Target: "ratio>=2"})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/pipeline-vs-zadd", Value: pipeline, Unit: "records/s",
+		BaselineName: "pipelined ZADD + trim per record, same batches", Baseline: zadd})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/cluster-one-chunk-records-per-s", Value: chunkNew, Unit: "records/s",
+		BaselineName: "per-record script calls, same batches, same cluster", Baseline: chunkOld, Target: "ratio>=1.5"})
+	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/cluster-spread-records-per-s", Value: spreadNew, Unit: "records/s",
+		BaselineName: "per-record script calls, same batches, same cluster", Baseline: spreadOld, Target: "ratio>=1"})
 }
 
 // benchPipeline consumes the whole topic with the runtime and the timeline
-// sink at production batch settings; it times from the first write to the
-// last record written, and returns the batches the sink got.
-func benchPipeline(b *testing.B, addr, group string) (float64, [][]runtime.Record) {
+// sink (the per-record path if perRecord) at production batch settings; it
+// times from the first write to the last record written, and returns the
+// batches the sink got.
+func benchPipeline(b *testing.B, addr, group string, perRecord bool) (float64, [][]runtime.Record) {
 	e := newEnv(b, timeline.Config{})
+	if perRecord {
+		if err := timeline.PerRecord(e.sink); err != nil {
+			b.Fatal(err)
+		}
+	}
 	cfg := sinktest.ConsumerConfig(addr, group)
 	cfg.BatchSize = runtime.DefaultBatchSize
 	cfg.Linger = runtime.DefaultLinger
@@ -75,10 +128,77 @@ func benchPipeline(b *testing.B, addr, group string) (float64, [][]runtime.Recor
 	return rate, batches
 }
 
-// benchBare issues the same script calls, in the same batches, as the
-// pipeline did, straight from the decoded records.
-func benchBare(b *testing.B, batches [][]runtime.Record) float64 {
+// benchCeiling consumes the whole topic with the runtime and a sink that
+// writes nothing: the rate of fetching and decoding alone, which bounds
+// the pipeline whatever the sink.
+func benchCeiling(b *testing.B, addr, group string) float64 {
+	cfg := sinktest.ConsumerConfig(addr, group)
+	cfg.BatchSize = runtime.DefaultBatchSize
+	cfg.Linger = runtime.DefaultLinger
+	none := runtime.SinkFunc("none", func(context.Context, []runtime.Record) error { return nil })
+	rate, _ := sinktest.MeasurePipeline(b, cfg, none, benchRecords)
+	return rate
+}
+
+// benchBatches returns msgs as the runtime hands them to a sink, in
+// batches of the default batch size.
+func benchBatches(b testing.TB, msgs []proto.Message) [][]runtime.Record {
+	var out [][]runtime.Record
+	for len(msgs) > 0 {
+		n := min(len(msgs), runtime.DefaultBatchSize)
+		out = append(out, recs(b, msgs[:n]...))
+		msgs = msgs[n:]
+	}
+	return out
+}
+
+// inOneChunk returns copies of msgs moved into the 25 localities of one
+// chunk in Edinburgh: one team's records.
+func inOneChunk(msgs []proto.Message) []proto.Message {
+	locs := locality.ChunkLocalities(locality.Index(edLocality).Chunk())
+	out := make([]proto.Message, len(msgs))
+	for i, m := range msgs {
+		out[i] = proto.Clone(m)
+		locate(out[i], int64(locs[i%len(locs)]))
+	}
+	return out
+}
+
+// benchWrites writes batches to client under prefix through a fresh sink
+// (the per-record path if perRecord) and returns records/s.
+func benchWrites(b *testing.B, client redis.UniversalClient, prefix string, batches [][]runtime.Record, perRecord bool) float64 {
+	s, err := timeline.New(client, timeline.Config{Prefix: prefix, Fixed: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if perRecord {
+		if err := timeline.PerRecord(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	n := 0
+	start := time.Now()
+	for _, batch := range batches {
+		if err := s.Write(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+		n += len(batch)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// benchBare issues the sink's script calls (the per-record path's if
+// perRecord), in the same batches as the pipeline got, straight from the
+// decoded records.
+func benchBare(b *testing.B, batches [][]runtime.Record, perRecord bool) float64 {
 	e := newEnv(b, timeline.Config{})
+	if perRecord {
+		if err := timeline.PerRecord(e.sink); err != nil {
+			b.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // the whole run, on a busy machine
 	defer cancel()
 	start := time.Now()
@@ -145,5 +265,15 @@ func (e *env) drop(b *testing.B) {
 			b.Fatal(err)
 		}
 		keys = keys[n:]
+	}
+}
+
+// dropAll empties every master of a cluster env.
+func (e *env) dropAll(b *testing.B) {
+	err := e.client.(*redis.ClusterClient).ForEachMaster(ctxT(b), func(ctx context.Context, c *redis.Client) error {
+		return c.FlushAll(ctx).Err()
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/timeline"
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
+	"github.com/chapper/chapper/proto/locality"
 )
 
 // A key of the wrong type, or a counter field that is not an integer, makes
@@ -117,6 +118,11 @@ func TestBrokenKeyLeavesOtherLocalitiesWritten(t *testing.T) {
 	var fatal *runtime.FatalError
 	if !errors.As(err, &fatal) {
 		t.Fatalf("Write = %v, want fatal", err)
+	}
+	loc, err := locality.Of(edLat+0.01, edLon)
+	must(t, err)
+	if st := e.state(t, int64(loc)); st.counters["visits"] != 1 || len(st.timeline) != 1 {
+		t.Errorf("the good locality holds counters %v and %d timeline entries, want its visit counted", st.counters, len(st.timeline))
 	}
 }
 

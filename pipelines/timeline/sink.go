@@ -32,11 +32,11 @@ var (
 	ErrNoLocation = errors.New("record has no valid location")
 )
 
-// recordScript materialises one record and applies its correction; see
-// record.lua. idScript keeps the per-id records; see id.lua.
+// The scripts: batch.lua materialises many records and applies their
+// corrections; id.lua keeps the per-id records.
 var (
-	//go:embed record.lua
-	recordSource string
+	//go:embed batch.lua
+	batchSource string
 	//go:embed id.lua
 	idSource string
 )
@@ -50,13 +50,18 @@ var (
 // Config.Fixed, every batch goes to the prefixes in force under the base
 // prefix (see ReadPrefixes). Sink is safe for concurrent use.
 type Sink struct {
-	client redis.UniversalClient
+	client  redis.UniversalClient
+	cluster bool // the ids live in slots apart from their localities
+	batch   *redis.Script
+	ids     *redis.Script
+	prefix  string
+	fixed   bool
+	keep    string
+	ttl     string
+
+	// legacy takes the per-record path (legacy.go), for the benchmark only.
+	legacy bool
 	record *redis.Script
-	ids    *redis.Script
-	prefix string
-	fixed  bool
-	keep   string
-	ttl    string
 }
 
 // New returns a timeline sink writing through client and loads its Lua
@@ -75,13 +80,15 @@ func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 	}
 	s := &Sink{
 		client: client,
-		record: redis.NewScript(recordSource),
+		batch:  redis.NewScript(batchSource),
 		ids:    redis.NewScript(idSource),
 		prefix: cfg.Prefix,
 		fixed:  cfg.Fixed,
 		keep:   strconv.Itoa(keep),
 		ttl:    strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
+		record: redis.NewScript(recordSource),
 	}
+	_, s.cluster = client.(*redis.ClusterClient)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.load(ctx); err != nil {
@@ -91,8 +98,13 @@ func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 }
 
 func (s *Sink) load(ctx context.Context) error {
-	if err := s.record.Load(ctx, s.client).Err(); err != nil {
+	if err := s.batch.Load(ctx, s.client).Err(); err != nil {
 		return fmt.Errorf("loading timeline script into redis: %w", err)
+	}
+	if s.legacy {
+		if err := s.record.Load(ctx, s.client).Err(); err != nil {
+			return fmt.Errorf("loading timeline record script into redis: %w", err)
+		}
 	}
 	if err := s.ids.Load(ctx, s.client).Err(); err != nil {
 		return fmt.Errorf("loading timeline id script into redis: %w", err)
@@ -115,9 +127,12 @@ func (c *Config) validateSink() error {
 // Name returns "timeline".
 func (s *Sink) Name() string { return "timeline" }
 
-// Write materialises a batch in three pipelined round trips (each split by
-// slot on a cluster): the prefix control keys (unless Config.Fixed), the id
-// records, then one script call per record and prefix. Records that cannot
+// Write materialises a batch in pipelined round trips (each split by slot
+// on a cluster): the prefix control keys (unless Config.Fixed), then on a
+// standalone Redis one script call per prefix for the whole batch (after a
+// round marking what its corrections replace, if it has any), on Redis
+// Cluster one id script call per record and then one script call per
+// locality and prefix. Records that cannot
 // be placed on a timeline (not a record message, no id, no valid location)
 // are returned in a *runtime.PermanentError; the rest are written first. A
 // key of the wrong type or a counter that is not an integer is a
@@ -192,88 +207,254 @@ type call struct {
 	args []any
 }
 
-// write runs the id records of every record, then the record scripts.
-func (s *Sink) write(ctx context.Context, targets []target, recs []prepared) error {
-	// Round 1: claim each id (where it counts) and mark what each
-	// correction replaces. A record and its correction meet here, on the
-	// replaced id's record, whichever comes first: if the correction did,
-	// the claim says "replaced"; if the claim did, the correction learns
-	// where the replaced record counts and takes it off there.
-	type replaced struct {
-		loc   int64
-		field string
-		known bool
+// maxOps bounds the ops of one batch script call, so that one call does not
+// hold a standalone Redis for long.
+const maxOps = 500
+
+// replaced is what the id record of a replaced id says: the locality it was
+// counted in and its kind:value counter field, when known.
+type replaced struct {
+	loc   int64
+	field string
+	known bool
+}
+
+// op is one record's work in one locality under one target, what one call
+// of the per-record script did: materialise r (id = r.id), or only take
+// r.replaces off loc (id = "").
+type op struct {
+	r             prepared
+	id            string
+	loc           int64
+	claim         bool // the batch call claims r.id itself (standalone)
+	wasReplaced   bool // the id round's claim said so (claim false)
+	replacedHere  bool
+	replacedField string
+}
+
+// appendOps appends the ops of r: r itself in its locality and, when the
+// record r replaces was counted in another locality, the op that takes it
+// off there.
+func appendOps(ops []op, r prepared, old replaced, claim, wasReplaced bool) []op {
+	here := old.known && old.loc == r.loc
+	ops = append(ops, op{r: r, id: r.id, loc: r.loc, claim: claim, wasReplaced: wasReplaced,
+		replacedHere: here, replacedField: old.field})
+	if old.known && !here {
+		ops = append(ops, op{r: r, loc: old.loc, replacedHere: true, replacedField: old.field})
 	}
-	idCalls := make([]call, 0, len(targets)*len(recs))
+	return ops
+}
+
+// write materialises recs under every target. On a standalone Redis it is
+// one batch script call per target (per maxOps ops) that also claims each
+// id, after a round of id script calls marking what the batch's corrections
+// replace, if it has any. On Redis Cluster the ids live in slots of their
+// own, so an id round claims every id and marks every replaced one (one id
+// script call each), then one batch script call per locality carries all of
+// the locality's records.
+func (s *Sink) write(ctx context.Context, targets []target, recs []prepared) error {
+	switch {
+	case s.legacy:
+		return s.writePerRecord(ctx, targets, recs)
+	case s.cluster:
+		return s.writeByLocality(ctx, targets, recs)
+	}
+	return s.writeWhole(ctx, targets, recs)
+}
+
+// writeWhole is write on a standalone Redis.
+func (s *Sink) writeWhole(ctx context.Context, targets []target, recs []prepared) error {
+	// Marking the replaced ids before the batch call claims any id keeps
+	// the outcome of record.lua's order: a record claimed after its
+	// correction's mark finds itself replaced; one claimed before, in an
+	// earlier batch, is taken off where it counted.
+	var marks []call
 	for _, t := range targets {
 		for _, r := range recs {
-			idCalls = append(idCalls, call{
+			if r.replaces != "" {
+				marks = append(marks, s.replaceCall(t, r))
+			}
+		}
+	}
+	replies, err := s.run(ctx, s.ids, marks)
+	if err != nil {
+		return err
+	}
+	answers := idAnswers{replies: replies}
+	var calls []call
+	for _, t := range targets {
+		ops := make([]op, 0, len(recs))
+		for _, r := range recs {
+			var old replaced
+			if r.replaces != "" {
+				old = answers.replaced()
+			}
+			ops = appendOps(ops, r, old, true, false)
+		}
+		calls = s.appendBatchCalls(calls, t, ops)
+	}
+	_, err = s.run(ctx, s.batch, calls)
+	return err
+}
+
+// writeByLocality is write on Redis Cluster.
+func (s *Sink) writeByLocality(ctx context.Context, targets []target, recs []prepared) error {
+	answers, err := s.idRound(ctx, targets, recs)
+	if err != nil {
+		return err
+	}
+	var calls []call
+	for _, t := range targets {
+		byLoc := map[int64][]op{}
+		var order []int64
+		add := func(o op) {
+			if _, ok := byLoc[o.loc]; !ok {
+				order = append(order, o.loc)
+			}
+			byLoc[o.loc] = append(byLoc[o.loc], o)
+		}
+		for _, r := range recs {
+			for _, o := range answers.ops(r) {
+				add(o)
+			}
+		}
+		for _, loc := range order {
+			calls = s.appendBatchCalls(calls, t, byLoc[loc])
+		}
+	}
+	_, err = s.run(ctx, s.batch, calls)
+	return err
+}
+
+// idRound claims each id (where it counts) and marks what each correction
+// replaces, in batch order, one id script call each. A record and its
+// correction meet there, on the replaced id's record, whichever comes
+// first: if the correction did, the claim says "replaced"; if the claim
+// did, the correction learns where the replaced record counts and takes it
+// off there.
+func (s *Sink) idRound(ctx context.Context, targets []target, recs []prepared) (*idAnswers, error) {
+	calls := make([]call, 0, len(targets)*len(recs))
+	for _, t := range targets {
+		for _, r := range recs {
+			calls = append(calls, call{
 				keys: []string{IDKey(t.prefix, r.kind, r.id)},
 				args: []any{"claim", s.ttl, r.loc, r.detail},
 			})
 			if r.replaces != "" {
-				idCalls = append(idCalls, call{
-					keys: []string{IDKey(t.prefix, r.kind, r.replaces)},
-					args: []any{"replace", s.ttl},
-				})
+				calls = append(calls, s.replaceCall(t, r))
 			}
 		}
 	}
-	idReplies, err := s.run(ctx, s.ids, idCalls)
+	replies, err := s.run(ctx, s.ids, calls)
 	if err != nil {
-		return err
+		return nil, err
 	}
-
-	// Round 2: the records, and the marks of replaced records counted in
-	// another locality.
-	calls := make([]call, 0, len(targets)*len(recs))
-	next := 0
-	for _, t := range targets {
-		for _, r := range recs {
-			wasReplaced, _ := idReplies[next].(int64)
-			next++
-			var old replaced
-			if r.replaces != "" {
-				parts, _ := idReplies[next].([]any)
-				next++
-				if len(parts) == 2 {
-					ls, ok1 := parts[0].(string)
-					f, ok2 := parts[1].(string)
-					if l, err := strconv.ParseInt(ls, 10, 64); err == nil && ok1 && ok2 {
-						old = replaced{loc: l, field: f, known: true}
-					}
-				}
-			}
-			here := old.known && old.loc == r.loc
-			calls = append(calls, s.recordCall(t, r, r.id, r.loc, wasReplaced == 1, here, old.field))
-			if old.known && !here {
-				calls = append(calls, s.recordCall(t, r, "", old.loc, false, true, old.field))
-			}
-		}
-	}
-	_, err = s.run(ctx, s.record, calls)
-	return err
+	return &idAnswers{replies: replies}, nil
 }
 
-// recordCall builds the record script call of r under t in locality loc;
-// id is r.id, or "" for a call that only takes r.replaces off loc.
-func (s *Sink) recordCall(t target, r prepared, id string, loc int64, wasReplaced, replacedHere bool, replacedField string) call {
-	channel := ""
-	if t.publish {
-		channel = NewsChannel(t.prefix, locality.Index(loc).Chunk())
+// replaceCall marks the id r replaces as replaced under t.
+func (s *Sink) replaceCall(t target, r prepared) call {
+	return call{keys: []string{IDKey(t.prefix, r.kind, r.replaces)}, args: []any{"replace", s.ttl}}
+}
+
+// idAnswers reads the replies of id script calls in the order they were
+// made.
+type idAnswers struct {
+	replies []any
+	next    int
+}
+
+// claimed reads a claim's reply: whether the id was replaced already.
+func (a *idAnswers) claimed() bool {
+	v, _ := a.replies[a.next].(int64)
+	a.next++
+	return v == 1
+}
+
+// ops reads the replies of r's id script calls (its claim, and its
+// replace if r is a correction) and returns r's ops.
+func (a *idAnswers) ops(r prepared) []op {
+	wasReplaced := a.claimed()
+	var old replaced
+	if r.replaces != "" {
+		old = a.replaced()
 	}
-	flag := func(b bool) string {
-		if b {
-			return "1"
+	return appendOps(nil, r, old, false, wasReplaced)
+}
+
+// replaced reads a replace's reply: where the replaced id counted.
+func (a *idAnswers) replaced() replaced {
+	parts, _ := a.replies[a.next].([]any)
+	a.next++
+	if len(parts) != 2 {
+		return replaced{}
+	}
+	ls, ok1 := parts[0].(string)
+	f, ok2 := parts[1].(string)
+	l, err := strconv.ParseInt(ls, 10, 64)
+	if err != nil || !ok1 || !ok2 {
+		return replaced{}
+	}
+	return replaced{loc: l, field: f, known: true}
+}
+
+// appendBatchCalls appends the batch script calls of ops under t, at most
+// maxOps ops each. On Redis Cluster every op of one call is of one
+// locality.
+func (s *Sink) appendBatchCalls(calls []call, t target, ops []op) []call {
+	for len(ops) > 0 {
+		n := min(len(ops), maxOps)
+		calls = append(calls, s.batchCall(t, ops[:n]))
+		ops = ops[n:]
+	}
+	return calls
+}
+
+// batchCall builds one batch script call; see batch.lua.
+func (s *Sink) batchCall(t target, ops []op) call {
+	keys := make([]string, 0, 5+len(ops))
+	args := make([]any, 0, 2+14*len(ops))
+	args = append(args, s.ttl, s.keep)
+	first := map[int64]int{}
+	for _, o := range ops {
+		k, ok := first[o.loc]
+		if !ok {
+			k = len(keys) + 1
+			first[o.loc] = k
+			keys = append(keys, localityKeys(t.prefix, o.loc)...)
 		}
-		return "0"
+		idk := 0
+		if o.claim && o.id != "" {
+			keys = append(keys, IDKey(t.prefix, o.r.kind, o.id))
+			idk = len(keys)
+		}
+		args = append(args, k, o.loc, o.id, o.r.score, o.r.body, s.channel(t, o.loc), o.r.entry,
+			o.r.kind, o.r.detail, idk, bit(o.wasReplaced), o.r.replaces, bit(o.replacedHere), o.replacedField)
 	}
-	return call{
-		keys: []string{SeenKey(t.prefix, loc), TimelineKey(t.prefix, loc), CountersKey(t.prefix, loc),
-			RecordsKey(t.prefix, loc), ReplacedKey(t.prefix, loc)},
-		args: []any{id, r.score, r.body, s.keep, s.ttl, channel, r.entry, flag(wasReplaced),
-			r.replaces, flag(replacedHere), r.kind, replacedField, r.kind, r.detail},
+	return call{keys: keys, args: args}
+}
+
+// localityKeys returns the five keys of a locality in the order the
+// scripts take them.
+func localityKeys(prefix string, loc int64) []string {
+	return []string{SeenKey(prefix, loc), TimelineKey(prefix, loc), CountersKey(prefix, loc),
+		RecordsKey(prefix, loc), ReplacedKey(prefix, loc)}
+}
+
+// channel returns the news channel of loc's chunk under t, or "" when t
+// gets no news.
+func (s *Sink) channel(t target, loc int64) string {
+	if !t.publish {
+		return ""
 	}
+	return NewsChannel(t.prefix, locality.Index(loc).Chunk())
+}
+
+func bit(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // run sends the calls of one script in one pipeline (split by slot on a
@@ -320,7 +501,9 @@ func (s *Sink) pipeline(ctx context.Context, script *redis.Script, calls []call)
 		case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
 			return nil, fmt.Errorf("writing %d records to redis timelines: %w", len(calls), cerr)
 		case fatal == nil && isBrokenKey(cerr):
-			fatal = runtime.Fatal(fmt.Errorf("writing to redis key %s: %w", calls[i].keys[0], BrokenKeyError{cerr}))
+			// the error names the broken key; a batch call's first key
+			// is only where its keys start
+			fatal = runtime.Fatal(fmt.Errorf("writing to redis timelines (keys from %s): %w", calls[i].keys[0], BrokenKeyError{cerr}))
 		}
 	}
 	if fatal != nil {

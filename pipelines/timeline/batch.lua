@@ -1,0 +1,219 @@
+-- Materialises many records in one call: each op is what record.lua did for
+-- one record, in the same order, so a call has the effect of its ops run one
+-- after another (docs/pipelines.md, "Timeline", "Corrections").
+-- KEYS: five keys per locality of the call (seen set, timeline sorted set,
+--       counters hash, records hash, replaced hash; all of one locality,
+--       sharing its hash tag), and on a standalone Redis the id records of
+--       the records whose ids the call claims itself.
+-- ARGV: 1 ttl (ms), 2 keep (newest N), then 14 fields per op:
+--   +0 k: KEYS[k] .. KEYS[k+4] are the op's locality keys
+--   +1 locality number (the id record's l)
+--   +2 record id ('' when the op only marks +11 replaced here)
+--   +3 score (record time, ms), +4 body (canvassv1.Record),
+--   +5 news channel ('' publishes nothing), +6 TimelineEntry prefix (the
+--      body completes it), +7 and +8 the record's counter fields (kind,
+--      kind:value)
+--   +9 idk: KEYS[idk] is the record's id record, claimed here (standalone);
+--      0 when the id round claimed it already and +10 holds its answer
+--   +10 '1' if the id record says the record was replaced already
+--   +11 id this record replaces ('' for none), +12 '1' if that id was
+--      counted in this locality, +13 its kind:value counter field
+-- Returns the number of records counted, or the first error.
+--
+-- Redis does not roll back a script that fails part-way. Every key of a
+-- locality is checked once, before the call's first write to it, and every
+-- counter field before the op that changes it: an op that would fail is
+-- skipped whole, the others go on, and the call returns the first such
+-- error after it set the TTLs of what it wrote. A skipped record changed
+-- nothing (its id, if claimed, says only where it is to count), so once the
+-- key is repaired the retried batch counts it once.
+local ttl, keep = ARGV[1], tonumber(ARGV[2])
+local want = {'set', 'zset', 'hash', 'hash', 'hash'}
+-- per locality (by k): keys checked (false, or the error), keys written,
+-- counter fields found to be integers, the timeline's size once read, and
+-- the counter changes, applied once per field at the end
+local checked, touched, good, card, delta = {}, {}, {}, {}, {}
+local first, counted = nil, 0
+
+local function badKeys(k)
+  local bad = checked[k]
+  if bad == nil then
+    bad = false
+    for i = 0, 4 do
+      local t = redis.call('TYPE', KEYS[k + i])['ok']
+      if t ~= 'none' and t ~= want[i + 1] then
+        bad = redis.error_reply('CHAPPER_BADKEY key ' .. KEYS[k + i] .. ' is a ' .. t .. ', want a ' .. want[i + 1])
+        break
+      end
+    end
+    checked[k] = bad
+  end
+  return bad
+end
+
+-- badCounters checks the counter fields a and b of locality k (counters
+-- hash ct) once per call: our own changes keep them integers.
+local function badCounters(k, ct, a, b)
+  local g = good[k]
+  if not g then
+    g = {}
+    good[k] = g
+  end
+  local need = {}
+  if not g[a] then need[#need + 1] = a end
+  if b ~= a and not g[b] then need[#need + 1] = b end
+  if #need == 0 then return nil end
+  local vs = redis.call('HMGET', ct, unpack(need))
+  for i, field in ipairs(need) do
+    local v = vs[i]
+    if v and not (string.match(v, '^-?%d+$') and #v < 19) then
+      return redis.error_reply('CHAPPER_BADKEY counter ' .. field .. ' of ' .. ct ..
+        ' is not an integer below 10^18: ' .. string.format('%q', string.sub(v, 1, 40)))
+    end
+  end
+  for _, field in ipairs(need) do g[field] = true end
+  return nil
+end
+
+local function add(k, field, n)
+  local d = delta[k]
+  if not d then
+    d = {}
+    delta[k] = d
+  end
+  d[field] = (d[field] or 0) + n
+end
+
+-- claim keeps the id record of a record (id.lua's claim) and returns '1'
+-- if a correction replaced the record already, or an error.
+local function claim(key, loc, field)
+  -- HSET on a key of another type fails before it writes anything
+  local r = redis.pcall('HSET', key, 'l', loc, 'f', field)
+  if type(r) == 'table' and r.err then
+    local t = redis.call('TYPE', key)['ok']
+    return nil, redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a hash')
+  end
+  redis.call('PEXPIRE', key, ttl)
+  if redis.call('HEXISTS', key, 'r') == 1 then
+    return '1'
+  end
+  return '0'
+end
+
+-- apply is record.lua for one op.
+local function apply(o)
+  local k = tonumber(ARGV[o])
+  local bad = badKeys(k)
+  if bad then return bad end
+  local seen, tl, ct, rec, rp = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local id, kind, detail, replaces = ARGV[o + 2], ARGV[o + 7], ARGV[o + 8], ARGV[o + 11]
+  local wasReplaced = ARGV[o + 10]
+  local idk = tonumber(ARGV[o + 9])
+
+  if idk > 0 then
+    -- Claimed after the checks of the locality's keys; a record skipped
+    -- later still leaves its id record as the retry will find it.
+    local err
+    wasReplaced, err = claim(KEYS[idk], ARGV[o + 1], detail)
+    if err then return err end
+  end
+
+  -- What this op will do, decided before any write to the locality.
+  local new, count = false, false
+  if id ~= '' and redis.call('SISMEMBER', seen, id) == 0 then
+    new = true
+    -- Counted = seen and not replaced: a correction that came first marked it.
+    count = wasReplaced ~= '1' and redis.call('HEXISTS', rp, id) == 0
+  end
+  local mark, uncount = false, false
+  if replaces ~= '' and replaces ~= id and redis.call('HEXISTS', rp, replaces) == 0 then
+    mark = true
+    uncount = ARGV[o + 12] == '1' and redis.call('SISMEMBER', seen, replaces) == 1
+  end
+  if count then
+    local err = badCounters(k, ct, kind, detail)
+    if err then return err end
+  end
+  if uncount then
+    local err = badCounters(k, ct, kind, ARGV[o + 13])
+    if err then return err end
+  end
+  if not (new or mark) then
+    return nil
+  end
+
+  touched[k] = true
+  if new then
+    redis.call('SADD', seen, id)
+    if not count then
+      redis.call('HSET', rp, id, 1)
+    end
+  end
+  if mark then
+    redis.call('HSET', rp, replaces, 1)
+  end
+  if uncount then
+    -- The replaced record stops counting and leaves the timeline; a counter
+    -- that drops to 0 is deleted (at the end, see below), so that the end
+    -- state does not depend on whether the replaced record came before its
+    -- correction.
+    add(k, kind, -1)
+    add(k, ARGV[o + 13], -1)
+    local gone = redis.call('ZREM', tl, replaces)
+    if card[k] then card[k] = card[k] - gone end
+    redis.call('HDEL', rec, replaces)
+  end
+  if count then
+    add(k, kind, 1)
+    add(k, detail, 1)
+    local n = card[k] or redis.call('ZCARD', tl)
+    n = n + redis.call('ZADD', tl, ARGV[o + 3], id)
+    redis.call('HSET', rec, id, ARGV[o + 4])
+    if n > keep then
+      -- The oldest by record time go, with their bodies; a late record
+      -- older than everything kept is trimmed straight away but stays
+      -- counted.
+      local old = redis.call('ZPOPMIN', tl, n - keep)
+      for i = 1, #old, 1000 do
+        local ids = {}
+        for j = i, math.min(i + 999, #old), 2 do ids[#ids + 1] = old[j] end
+        redis.call('HDEL', rec, unpack(ids))
+      end
+      n = keep
+    end
+    card[k] = n
+    counted = counted + 1
+  end
+  -- News once: for a counted record, and for a correction that took a
+  -- record off this locality's timeline (readers take a fresh snapshot).
+  local channel = ARGV[o + 5]
+  if channel ~= '' and (count or uncount) then
+    redis.call('PUBLISH', channel, ARGV[o + 6] .. ARGV[o + 4])
+  end
+  return nil
+end
+
+for o = 3, #ARGV, 14 do
+  local err = apply(o)
+  if err and not first then
+    first = err
+  end
+end
+-- The counters, one change per field: a field that ends at 0 after a
+-- decrement is deleted, as when each record changed it in turn.
+for k, d in pairs(delta) do
+  for field, n in pairs(d) do
+    if n ~= 0 and redis.call('HINCRBY', KEYS[k + 2], field, n) == 0 then
+      redis.call('HDEL', KEYS[k + 2], field)
+    end
+  end
+end
+for k in pairs(touched) do
+  for i = 0, 4 do
+    redis.call('PEXPIRE', KEYS[k + i], ttl)
+  end
+end
+if first then
+  return first
+end
+return counted
