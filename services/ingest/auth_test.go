@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"flag"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/proto/topic"
 	"github.com/chapper/chapper/services/auth"
+	"github.com/chapper/chapper/services/auth/authtest"
 	"github.com/chapper/chapper/services/devstack/devtest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,24 +22,7 @@ import (
 // server options checking tokens with it and an issuer for it.
 func testAuth(t testing.TB) ([]grpc.ServerOption, *auth.Issuer) {
 	t.Helper()
-	dir := t.TempDir()
-	if _, err := auth.Keygen(dir, "k1", auth.AlgES256); err != nil {
-		t.Fatal(err)
-	}
-	var cfg auth.Config
-	cfg.RegisterFlags("auth", flag.NewFlagSet("t", flag.PanicOnError), true, dir)
-	keys, err := cfg.LoadKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(cfg, keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := auth.NewIssuer(cfg, keys, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, v, is := authtest.Keys(t)
 	return auth.NewInterceptors(v).ServerOptions(), is
 }
 

@@ -2,11 +2,11 @@ package loadgen_test
 
 import (
 	"context"
-	"flag"
 	"testing"
 	"time"
 
 	"github.com/chapper/chapper/services/auth"
+	"github.com/chapper/chapper/services/auth/authtest"
 	"github.com/chapper/chapper/services/devstack/devtest"
 	"github.com/chapper/chapper/services/loadgen"
 	"google.golang.org/grpc/codes"
@@ -19,24 +19,7 @@ import (
 // each simulated canvasser sends its own token; without tokens every
 // Submit fails UNAUTHENTICATED.
 func TestCampaignSignsTokenPerCanvasser(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := auth.Keygen(dir, "k1", auth.AlgES256); err != nil {
-		t.Fatal(err)
-	}
-	var ac auth.Config
-	ac.RegisterFlags("auth", flag.NewFlagSet("t", flag.PanicOnError), true, dir)
-	keys, err := ac.LoadKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(ac, keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := auth.NewIssuer(ac, keys, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, v, is := authtest.Keys(t)
 	k := devtest.Kafka(t)
 	addr := startIngest(t, k.Addr(), auth.NewInterceptors(v).ServerOptions()...)
 

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"flag"
 	"io"
 	"testing"
 	"time"
 
 	"github.com/chapper/chapper/services/auth"
+	"github.com/chapper/chapper/services/auth/authtest"
 	"github.com/chapper/chapper/services/loadgen"
 )
 
@@ -15,20 +15,7 @@ import (
 // that canvasser), one operator token in closed mode, and a clear error
 // when there is no key that can sign.
 func TestLoadgenTokens(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := auth.Keygen(dir, "k1", auth.AlgES256); err != nil {
-		t.Fatal(err)
-	}
-	var ac auth.Config
-	ac.RegisterFlags("auth", flag.NewFlagSet("t", flag.PanicOnError), true, dir)
-	keys, err := ac.LoadKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := auth.NewVerifier(ac, keys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ac, v, _ := authtest.Keys(t)
 
 	campaign := loadgen.Config{Mode: "campaign"}
 	if err := loadgenTokens(&campaign, ac, time.Hour, io.Discard); err != nil {
