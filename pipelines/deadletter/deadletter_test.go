@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/chapper/chapper/pipelines/deadletter"
 	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/runtime/sinktest"
