@@ -20,13 +20,22 @@ type devPorts struct {
 	grpc, admin, kafka, pg, redis, search string
 }
 
+// newDevPorts picks six distinct free ports. Every listener stays open
+// until all six are picked: a port closed at once may be handed out again
+// by the next pick (two servers on one port).
 func newDevPorts(t testing.TB) devPorts {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
 	a := func() string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer l.Close()
+		ls = append(ls, l)
 		return l.Addr().String()
 	}
 	return devPorts{a(), a(), a(), a(), a(), a()}
