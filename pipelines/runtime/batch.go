@@ -85,38 +85,59 @@ func (h *batchHandler) close() {
 	h.transport.CloseIdleConnections()
 }
 
-// process decodes msgs, drops what filter rejects (nil keeps everything),
-// writes the rest to the sink (retrying transient failures with backoff)
-// and produces the dead letters. When ctx is done the batch in hand is
-// still finished within DrainTimeout. It returns nil when the batch may be
-// committed; errUnwritten when ctx was done and the batch could not be
-// finished; a *FatalError (wrapped) when the sink said so or a partition
-// went past a dead-letter limit, in which case nothing was dead-lettered.
-func (h *batchHandler) process(ctx context.Context, msgs []kafka.Message, filter func(Record) bool) (batchResult, error) {
-	res := batchResult{read: len(msgs)}
-	wctx, cancel := drainContext(ctx, h.cfg.DrainTimeout)
-	defer cancel()
+// decoded is a batch as the sink is handed it: the fetched messages, the
+// records decoded from them that the filter kept, and the messages that
+// could not be decoded (dead letters to be).
+type decoded struct {
+	msgs    []kafka.Message
+	records []Record
+	dead    []Failure
+	skipped int
+}
 
-	records := make([]Record, 0, len(msgs))
-	var dead []Failure
+// decode decodes msgs and drops what filter rejects (nil keeps
+// everything). It touches no store, so the live consumer runs it for the
+// next batch while the sink writes the one before.
+func (h *batchHandler) decode(msgs []kafka.Message, filter func(Record) bool) decoded {
+	d := decoded{msgs: msgs, records: make([]Record, 0, len(msgs))}
 	for _, m := range msgs {
 		rec := recordOf(m)
 		msg, err := topic.Decode(m.Topic, m.Value)
 		if err != nil {
-			dead = append(dead, Failure{Record: rec, Reason: err})
+			d.dead = append(d.dead, Failure{Record: rec, Reason: err})
 			continue
 		}
 		rec.Message = msg
 		if filter != nil && !filter(rec) {
-			res.skipped++
+			d.skipped++
 			continue
 		}
-		records = append(records, rec)
+		d.records = append(d.records, rec)
 	}
-	res.written = len(records)
-	if len(records) > 0 {
+	return d
+}
+
+// process decodes msgs (see decode) and writes them (see write).
+func (h *batchHandler) process(ctx context.Context, msgs []kafka.Message, filter func(Record) bool) (batchResult, error) {
+	return h.write(ctx, h.decode(msgs, filter))
+}
+
+// write writes a decoded batch to the sink (retrying transient failures
+// with backoff) and produces the dead letters. When ctx is done the batch
+// in hand is still finished within DrainTimeout. It returns nil when the
+// batch may be committed; errUnwritten when ctx was done and the batch
+// could not be finished; a *FatalError (wrapped) when the sink said so or
+// a partition went past a dead-letter limit, in which case nothing was
+// dead-lettered.
+func (h *batchHandler) write(ctx context.Context, d decoded) (batchResult, error) {
+	res := batchResult{read: len(d.msgs), skipped: d.skipped, written: len(d.records)}
+	wctx, cancel := drainContext(ctx, h.cfg.DrainTimeout)
+	defer cancel()
+
+	dead := d.dead
+	if len(d.records) > 0 {
 		failures, err := h.retry(ctx, "writing batch to sink", func() error {
-			return h.sink.Write(wctx, records)
+			return h.sink.Write(wctx, d.records)
 		})
 		if err != nil {
 			return res, err
@@ -124,7 +145,7 @@ func (h *batchHandler) process(ctx context.Context, msgs []kafka.Message, filter
 		dead = append(dead, failures...)
 		res.written -= len(failures)
 	}
-	if err := h.limits.observe(outcomes(msgs, dead)); err != nil {
+	if err := h.limits.observe(outcomes(d.msgs, dead)); err != nil {
 		return res, Fatal(err)
 	}
 	if len(dead) > 0 {

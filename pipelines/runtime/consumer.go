@@ -19,9 +19,6 @@ var (
 	ErrStarted   = errors.New("consumer already started")
 )
 
-// errCommit ends a generation whose commit was refused or failed.
-var errCommit = errors.New("commit failed")
-
 // Consumer is the one consumer loop every pipeline shares. It reads its
 // topics in a Kafka consumer group, hands batches (bounded by count and
 // time) to its Sink one after another, so each partition's order is kept,
@@ -212,10 +209,18 @@ func (c *Consumer) groupConfig() kafka.ConsumerGroupConfig {
 
 // consume reads the partitions gen assigned until ctx or the generation
 // (gctx) is done, a commit fails, or a fatal error, which it returns. When
-// ctx or the generation ends, the batch in hand is still finished and
-// committed with gen (the coordinator accepts it until the rebalance
+// ctx or the generation ends, the batch being written is still finished
+// and committed with gen (the coordinator accepts it until the rebalance
 // completes, and refuses it after, when the partition may have a new
 // owner).
+//
+// Three stages overlap, so the sink is rarely idle: the partition readers
+// fetch, gather batches the next batch and decodes it while the sink
+// writes the one before (one batch ahead: gather waits to hand it over,
+// so memory stays bounded), and the committer commits a batch's offsets
+// after its write returned, while the sink writes the next. Batches are
+// written one after another, in fetch order, so each partition's order is
+// kept.
 func (c *Consumer) consume(ctx, gctx context.Context, gen *kafka.Generation) error {
 	stop, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -233,28 +238,72 @@ func (c *Consumer) consume(ctx, gctx context.Context, gen *kafka.Generation) err
 	in := make(chan kafka.Message, max(2*c.cfg.BatchSize, 100))
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer cancel() // before the Wait: the readers stop
+	defer cancel() // before the Wait: the readers and gather stop
 	for tp, offset := range owned {
 		wg.Go(func() { c.readPartition(stop, tp, offset, in) })
 	}
+	batches := make(chan decoded)
+	writing := make(chan struct{}) // closed when the write loop is done
+	wg.Go(func() { c.gather(stop, in, batches, writing) })
+	commits := c.startCommitter(gen, cancel)
+	err := c.writeLoop(stop, batches, commits)
+	close(writing)
+	// the commits of every batch written, before the generation is left
+	commits.close()
+	return err
+}
+
+// gather hands the live consumer's batches to out, decoded, until ctx is
+// done or the write loop ended (writing closed); it closes out. The batch
+// nextLiveBatch returns when ctx is done is still handed over, so a write
+// loop waiting for it writes it.
+func (c *Consumer) gather(ctx context.Context, in <-chan kafka.Message, out chan<- decoded, writing <-chan struct{}) {
+	defer close(out)
 	for {
-		msgs := nextLiveBatch(stop, in, c.cfg.BatchSize, c.cfg.Linger)
+		msgs := nextLiveBatch(ctx, in, c.cfg.BatchSize, c.cfg.Linger)
 		if len(msgs) == 0 {
-			return nil
+			return
 		}
-		if err := c.handle(stop, gen, msgs); err != nil {
+		select {
+		case out <- c.h.decode(msgs, nil):
+		case <-writing:
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// writeLoop writes the batches from batches one after another and queues
+// each one's commit after its write returned, until batches is closed, ctx
+// is done (after the batch being written), a commit failed or a batch
+// could not be written; it returns a fatal error, else nil.
+func (c *Consumer) writeLoop(ctx context.Context, batches <-chan decoded, commits *committer) error {
+	for d := range batches {
+		start := time.Now()
+		res, err := c.h.write(ctx, d)
+		if err != nil {
 			var fatal *FatalError
 			if errors.As(err, &fatal) {
 				return err
 			}
-			// unwritten at shutdown, or the commit was refused: end
-			// this generation; what was not committed is read again
+			// unwritten at shutdown: end this generation; what was not
+			// committed is read again
 			return nil
 		}
-		if stop.Err() != nil {
+		// Commit after the write: a crash before the commit re-delivers
+		// the batch, and the sink is idempotent. The generation's commit
+		// is refused once the group moved on without us, so a partition's
+		// new owner never sees its offset moved back.
+		if !commits.add(d.msgs, res, start) {
+			return nil // an earlier commit failed: the generation ends
+		}
+		if ctx.Err() != nil {
 			return nil
 		}
 	}
+	return nil
 }
 
 // readPartition sends the records of one assigned partition, from offset
@@ -298,38 +347,4 @@ func (c *Consumer) readPartition(ctx context.Context, tp topicPartition, offset 
 			return
 		}
 	}
-}
-
-// handle writes, dead-letters and commits one batch with the generation
-// that fetched it. It returns errUnwritten when ctx was done while the
-// batch could not be written, errCommit when the commit failed (both leave
-// the batch to be delivered again), or a fatal error.
-func (c *Consumer) handle(ctx context.Context, gen *kafka.Generation, msgs []kafka.Message) error {
-	start := time.Now()
-	res, err := c.h.process(ctx, msgs, nil)
-	if err != nil {
-		return err
-	}
-	// Commit after the write: a crash before this line re-delivers the
-	// batch, and the sink is idempotent. The generation's commit is refused
-	// once the group moved on without us, so a partition's new owner never
-	// sees its offset moved back.
-	last := lastPerPartition(msgs)
-	offsets := map[string]map[int]int64{}
-	for _, m := range last {
-		if offsets[m.Topic] == nil {
-			offsets[m.Topic] = map[int]int64{}
-		}
-		offsets[m.Topic][m.Partition] = m.Offset + 1
-	}
-	if err := gen.CommitOffsets(offsets); err != nil {
-		c.log.Warn("committing offsets; the batch will be delivered again", "generation", gen.ID, "records", len(msgs), "err", err)
-		return errCommit
-	}
-	c.h.account(res, start)
-	now := c.now()
-	for _, m := range last {
-		c.parts.committedAt(topicPartition{m.Topic, m.Partition}, m.Offset+1, m.HighWaterMark, now)
-	}
-	return nil
 }
