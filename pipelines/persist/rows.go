@@ -125,12 +125,36 @@ func optionalUUID(field, s string) (pgtype.UUID, error) {
 // outcomeName and methodName give the enum labels of the tables: the proto
 // name in lower case without its prefix. A number the proto does not know
 // becomes its digits, which the enum type refuses (a permanent failure).
+// The labels of known values are computed once: this runs for every row.
 func outcomeName(o canvassv1.Outcome) string {
-	return strings.ToLower(strings.TrimPrefix(o.String(), "OUTCOME_"))
+	if name, ok := outcomeLabels[o]; ok {
+		return name
+	}
+	return enumLabel(o.String(), "OUTCOME_")
 }
 
 func methodName(m canvassv1.Method) string {
-	return strings.ToLower(strings.TrimPrefix(m.String(), "METHOD_"))
+	if name, ok := methodLabels[m]; ok {
+		return name
+	}
+	return enumLabel(m.String(), "METHOD_")
+}
+
+var (
+	outcomeLabels = labels(canvassv1.Outcome_name, "OUTCOME_", func(v int32) canvassv1.Outcome { return canvassv1.Outcome(v) })
+	methodLabels  = labels(canvassv1.Method_name, "METHOD_", func(v int32) canvassv1.Method { return canvassv1.Method(v) })
+)
+
+func labels[E comparable](names map[int32]string, prefix string, of func(int32) E) map[E]string {
+	out := make(map[E]string, len(names))
+	for v, name := range names {
+		out[of(v)] = enumLabel(name, prefix)
+	}
+	return out
+}
+
+func enumLabel(name, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(name, prefix))
 }
 
 // Insert statements: one set-based, idempotent INSERT per table, the rows
