@@ -192,9 +192,23 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	start := time.Now()
 	defer func() { writeSeconds.Observe(time.Since(start).Seconds()) }()
 
+	// The rows are converted while the lock's round trip is under way: a
+	// row's shard depends on the shard bit count only, which every map the
+	// sink accepts shares (setMap).
+	var (
+		rows     []row
+		failures []runtime.Failure
+	)
+	converted := make(chan struct{})
+	go func() {
+		defer close(converted)
+		rows, failures = toRows(batch, s.cfg.ShardBits)
+	}()
 	// The shared lock lives as long as this session's transaction: a shard
 	// move cannot switch the map until every database below has committed.
 	lock, version, err := s.lockShared(ctx)
+	lockWait := time.Since(start)
+	<-converted
 	if err != nil {
 		if isFatal(err) {
 			return runtime.Fatal(err)
@@ -202,7 +216,7 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		return err
 	}
 	defer s.unlock(lock)
-	lockWaitSeconds.Observe(time.Since(start).Seconds())
+	lockWaitSeconds.Observe(lockWait.Seconds())
 	m := s.Map()
 	if version != m.Version {
 		if m, err = shardmap.Load(ctx, lock); err != nil {
@@ -216,15 +230,9 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		}
 	}
 
-	var failures []runtime.Failure
 	groups := map[string][]row{}
 	var corrections []row
-	for i, rec := range batch {
-		r, err := toRow(i, rec, m.Bits)
-		if err != nil {
-			failures = append(failures, runtime.Failure{Record: rec, Reason: err})
-			continue
-		}
+	for _, r := range rows {
 		db := m.Shards[r.shard]
 		groups[db] = append(groups[db], r)
 		if r.replaces.Valid {
@@ -299,6 +307,22 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		return &runtime.PermanentError{Failures: failures}
 	}
 	return nil
+}
+
+// toRows converts batch's records to rows, with the records that can never
+// be stored.
+func toRows(batch []runtime.Record, bits uint) ([]row, []runtime.Failure) {
+	rows := make([]row, 0, len(batch))
+	var failures []runtime.Failure
+	for i, rec := range batch {
+		r, err := toRow(i, rec, bits)
+		if err != nil {
+			failures = append(failures, runtime.Failure{Record: rec, Reason: err})
+			continue
+		}
+		rows = append(rows, r)
+	}
+	return rows, failures
 }
 
 // lockShared acquires a router session and takes the shared shard map
