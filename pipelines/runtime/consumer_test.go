@@ -540,3 +540,65 @@ func TestCaughtUpBatchSkipsLinger(t *testing.T) {
 		})
 	}
 }
+
+// secondHeld writes its first batch at once and holds its second until
+// released, handing the held batch to the test.
+type secondHeld struct {
+	*memSink
+	calls   atomic.Int64
+	first   atomic.Int64 // records of the first batch
+	entered chan []runtime.Record
+	release chan struct{}
+}
+
+func (s *secondHeld) Write(ctx context.Context, batch []runtime.Record) error {
+	switch s.calls.Add(1) {
+	case 1:
+		s.first.Store(int64(len(batch)))
+	case 2:
+		s.entered <- batch
+		<-s.release
+	}
+	return s.memSink.Write(ctx, batch)
+}
+
+// The live consumer gathers the next batch and commits the last one while
+// the sink writes: a batch's offsets are committed once its write returned
+// (even while the next write is under way), and never before.
+func TestCommitFollowsEachWrite(t *testing.T) {
+	k := devtest.Kafka(t)
+	sinktest.CreateTopicsN(t, k.Addr(), 1)
+	cfg := sinktest.ConsumerConfig(k.Addr(), "commit-follows")
+	sinktest.ProduceRecords(t, k.Addr(), sinktest.Records(8, 4*cfg.BatchSize)...)
+
+	sink := &secondHeld{memSink: newMemSink("memory"), entered: make(chan []runtime.Record, 1), release: make(chan struct{})}
+	c := sinktest.Start(t, cfg, sink)
+	defer c.Stop(t)
+	defer close(sink.release)
+	var held []runtime.Record
+	select {
+	case held = <-sink.entered:
+	case <-ctxT(t).Done():
+		t.Fatal("no second write")
+	}
+	committedTotal := func() (n int64) {
+		for _, o := range sinktest.Committed(t, k.Addr(), cfg.GroupID) {
+			n += max(o, 0)
+		}
+		return n
+	}
+	sinktest.Eventually(t, 10*time.Second, func() error {
+		if n := committedTotal(); n < sink.first.Load() {
+			return fmt.Errorf("%d records committed while the second batch is being written, want the first batch's %d", n, sink.first.Load())
+		}
+		return nil
+	})
+	if n := committedTotal(); n != sink.first.Load() {
+		t.Errorf("%d records committed while the second batch is being written, want the first batch's %d and none of the second", n, sink.first.Load())
+	}
+	for _, r := range held {
+		if o := sinktest.Committed(t, k.Addr(), cfg.GroupID)[sinktest.TopicPartition{Topic: r.Topic, Partition: r.Partition}]; o > r.Offset {
+			t.Fatalf("%s/%d@%d committed (group offset %d) before its write returned", r.Topic, r.Partition, r.Offset, o)
+		}
+	}
+}
