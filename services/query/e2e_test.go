@@ -285,11 +285,20 @@ func countersEqual(a, b map[int64]map[string]int64) bool {
 
 // Freshness benchmark parameters.
 const (
-	freshRate     = 7000             // records per second offered
+	freshTarget   = 7000             // records per second offered (issue 14)
 	freshDuration = 10 * time.Second // of offered load
 	freshBatch    = 35               // records per Submit (a phone's buffered batch)
 	freshChunks   = 8                // watched chunks the records fall in
 )
+
+// freshRate is the rate offered: freshTarget, or CHAPPER_BENCH_FRESH_RATE
+// for a look at a loaded machine below saturation; the figures name it.
+var freshRate = func() int {
+	if r, err := strconv.Atoi(os.Getenv("CHAPPER_BENCH_FRESH_RATE")); err == nil && r > 0 {
+		return r
+	}
+	return freshTarget
+}()
 
 // BenchmarkFreshness measures end-to-end freshness: from the moment a
 // Submit is due to the moment its record arrives in an open WatchChunk
@@ -323,9 +332,13 @@ func BenchmarkFreshness(b *testing.B) {
 			run.e2e.p50, run.e2e.p99, run.e2e.max, run.e2e.rate, run.e2e.n, raw.p50, raw.p99)
 		fmt.Printf("freshness stages (p50/p99 ms): Submit acknowledged %.1f/%.1f; due → news published by the timeline pipeline %.1f/%.1f; news → WatchChunk (query service + gRPC) %.2f/%.2f\n",
 			run.ack.p50, run.ack.p99, run.news.p50, run.news.p99, run.query.p50, run.query.p99)
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkFreshness/p99-ms-at-7000", Value: run.e2e.p99, Unit: "ms",
-			BaselineName: "raw redis PUBLISH → receive p99, same rate", Baseline: raw.p99, Target: "<=25"})
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkFreshness/p50-ms-at-7000", Value: run.e2e.p50, Unit: "ms",
+		target := ""
+		if freshRate == freshTarget {
+			target = "<=25"
+		}
+		devtest.ReportFigure(b, devtest.Figure{Name: fmt.Sprintf("BenchmarkFreshness/p99-ms-at-%d", freshRate), Value: run.e2e.p99, Unit: "ms",
+			BaselineName: "raw redis PUBLISH → receive p99, same rate", Baseline: raw.p99, Target: target})
+		devtest.ReportFigure(b, devtest.Figure{Name: fmt.Sprintf("BenchmarkFreshness/p50-ms-at-%d", freshRate), Value: run.e2e.p50, Unit: "ms",
 			BaselineName: "raw redis PUBLISH → receive p50, same rate", Baseline: raw.p50})
 	}
 }
@@ -359,9 +372,9 @@ type freshness struct {
 // published (a plain PSUBSCRIBE beside the query service).
 func runFreshness(tb testing.TB, st *stack, locs []locality.Index, watches []*watch) freshness {
 	tb.Helper()
-	total := int(freshRate * freshDuration.Seconds())
+	total := int(float64(freshRate) * freshDuration.Seconds())
 	batches := total / freshBatch
-	interval := time.Duration(float64(time.Second) * freshBatch / freshRate)
+	interval := time.Duration(float64(time.Second) * freshBatch / float64(freshRate))
 
 	type times struct{ due, news, watch time.Time }
 	var mu sync.Mutex
@@ -510,9 +523,9 @@ func runRawPublish(tb testing.TB, rdb *redis.Client) latencies {
 	payload, _ := proto.Marshal(&canvassv1.TimelineEntry{Id: uuid.NewString(), Locality: 1, Time: timestamppb.Now(),
 		Record: &canvassv1.Record{Kind: &canvassv1.Record_Visit{Visit: visit(1, time.Now(), 1)}}})
 
-	total := int(freshRate * freshDuration.Seconds())
+	total := int(float64(freshRate) * freshDuration.Seconds())
 	batches := total / freshBatch
-	interval := time.Duration(float64(time.Second) * freshBatch / freshRate)
+	interval := time.Duration(float64(time.Second) * freshBatch / float64(freshRate))
 	start := time.Now()
 	samples := make([]time.Duration, 0, total)
 	done := make(chan struct{})

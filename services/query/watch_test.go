@@ -372,3 +372,47 @@ func TestWatchCancel(t *testing.T) {
 		return nil
 	})
 }
+
+// TestWatchRecordDuringSubscribe writes a record into a chunk while its
+// first watch is still being set up (the subscription not yet confirmed,
+// the snapshot not yet read), as when a lone record is written at once
+// after a client opened its watch: every such record reaches the watch,
+// in its snapshot or as an event. A snapshot read before the subscription
+// is live would miss some of them.
+func TestWatchRecordDuringSubscribe(t *testing.T) {
+	e := newEnv(t, nil)
+	base := chunkOf(t, edinburghLat, edinburghLon)
+	for i := range 30 {
+		chunk := base + int64(3*i)
+		locs := locality.ChunkLocalities(chunk)
+		before := visit(locs[i%25], time.Now(), canvassv1.Outcome_OUTCOME_ANSWERED)
+		e.write(t, before)
+		w := openWatch(t, e.client, chunk)
+		during := visit(locs[(i+7)%25], time.Now(), canvassv1.Outcome_OUTCOME_ANSWERED)
+		e.write(t, during)
+
+		got := map[string]bool{}
+		snap := w.snapshot(t)
+		for _, ids := range entryIDs(snap) {
+			for _, id := range ids {
+				got[id] = true
+			}
+		}
+		if !got[before.Id] {
+			t.Fatalf("chunk %d: snapshot lacks the record written before the watch", chunk)
+		}
+		for !got[during.Id] {
+			select {
+			case ev := <-w.events:
+				if r := ev.GetRecord(); r != nil {
+					got[r.GetId()] = true
+				}
+			case err := <-w.err:
+				t.Fatalf("chunk %d: watch ended: %v", chunk, err)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("chunk %d: the record written while the watch was set up never reached it (iteration %d)", chunk, i)
+			}
+		}
+		w.cancel()
+	}
+}

@@ -85,11 +85,23 @@ export function watchChunk(query: Client<typeof QueryService>, chunk: bigint, op
       () => undefined, // the next event or snapshot tries again
     );
   };
+  // stopped settles when stop() is called: every wait below races it, so
+  // stop() ends the loop even if a transport's stream read does not end on
+  // abort (a hung stop() held a CI run until its 240 s timeout).
+  const stopped = new Promise<{ done: true; value: undefined }>((resolve) =>
+    abort.signal.addEventListener("abort", () => resolve({ done: true, value: undefined }), { once: true }),
+  );
   const run = async () => {
     let failures = 0;
     while (!abort.signal.aborted) {
       try {
-        for await (const ev of query.watchChunk({ chunk }, { signal: abort.signal })) {
+        const events = query.watchChunk({ chunk }, { signal: abort.signal })[Symbol.asyncIterator]();
+        for (;;) {
+          const next = events.next();
+          next.catch(() => undefined); // left behind on stop
+          const r = await Promise.race([next, stopped]);
+          if (r.done) break;
+          const ev = r.value;
           if (ev.event.case === "snapshot") {
             applySnapshot(state, ev.event.value);
             state.live = true;
@@ -104,6 +116,7 @@ export function watchChunk(query: Client<typeof QueryService>, chunk: bigint, op
           }
           opts.onChange(state);
         }
+        if (abort.signal.aborted) break;
         state.error = "stream ended by the server";
       } catch (e) {
         if (abort.signal.aborted) break;
@@ -115,13 +128,9 @@ export function watchChunk(query: Client<typeof QueryService>, chunk: bigint, op
       opts.onChange(state);
       failures++;
       const ceiling = Math.min(maxB, minB * 2 ** Math.min(failures - 1, 20));
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, ceiling * (0.5 + 0.5 * Math.random()));
-        abort.signal.addEventListener("abort", () => {
-          clearTimeout(t);
-          resolve();
-        }, { once: true });
-      });
+      let t: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([new Promise<void>((resolve) => (t = setTimeout(resolve, ceiling * (0.5 + 0.5 * Math.random())))), stopped]);
+      clearTimeout(t);
     }
   };
   const running = run();

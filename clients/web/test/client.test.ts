@@ -15,6 +15,8 @@ import {
   Status,
   VisitSchema,
   IntentionSchema,
+  ChunkEventSchema,
+  GetChunkResponseSchema,
   chunkOf,
   createChapperClient,
   localityOf,
@@ -79,6 +81,31 @@ describe("locality index", () => {
     assert.throws(() => localityOf(91, 0), /latitude must be a finite number in \[-90, 90\], got 91/);
     assert.throws(() => localityOf(0, 180), /longitude must be a finite number in \[-180, 180\), got 180/);
     assert.throws(() => localityOf(NaN, 0), /latitude/);
+  });
+});
+
+describe("watch: stop", () => {
+  // A stream whose read never ends, whatever the signal says: the
+  // transport behaviour that held a CI run's stop() until the test timeout.
+  // stop() must not depend on the transport honouring the abort.
+  test("stop() ends a watch whose stream read ignores the abort", async () => {
+    const snapshot = create(ChunkEventSchema, { event: { case: "snapshot", value: create(GetChunkResponseSchema, { chunk: 1n }) } });
+    const stuck = {
+      watchChunk: () => ({
+        [Symbol.asyncIterator]: () => {
+          let sent = false;
+          return {
+            next: () => (sent ? new Promise<never>(() => undefined) : ((sent = true), Promise.resolve({ done: false, value: snapshot }))),
+          };
+        },
+      }),
+      getChunk: () => new Promise<never>(() => undefined),
+    } as unknown as ChapperClient["query"];
+    let state: ChunkState | undefined;
+    const stop = watchChunk(stuck, 1n, { onChange: (s) => (state = s) });
+    await waitFor("the snapshot", () => state?.live);
+    const ended = await Promise.race([stop().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000))]);
+    assert.ok(ended, "stop() did not resolve within 2 s");
   });
 });
 
