@@ -71,6 +71,15 @@ func TestBrokenKeyIsFatalAndCountedOnceAfterRepair(t *testing.T) {
 			repair: func(e *env, t *testing.T, key string) { must(t, e.client.Del(ctxT(t), key).Err()) },
 			want:   "is a set",
 		},
+		{
+			name: "replaced key is a set",
+			key:  func(p string) string { return timeline.ReplacedKey(p, edLocality) },
+			break_: func(e *env, t *testing.T, key string) {
+				must(t, e.client.SAdd(ctxT(t), key, "a").Err())
+			},
+			repair: func(e *env, t *testing.T, key string) { must(t, e.client.Del(ctxT(t), key).Err()) },
+			want:   "is a set",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
