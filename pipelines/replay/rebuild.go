@@ -67,14 +67,10 @@ func RebuildTimeline(ctx context.Context, client redis.UniversalClient, tcfg tim
 	return next, sum, err
 }
 
-// timelineFamilies are the key families of one prefix (pipelines/timeline
-// keys.go): matching them, not prefix*, keeps a newer prefix that starts
-// with an older one out of reach.
-var timelineFamilies = []string{"tl:{*", "seen:{*", "ct:{*", "rec:{*", "rp:{*", "id:*"}
-
 // CleanTimeline deletes the keys of every prefix a rebuild switched away
 // from under base (never the active or rebuild prefix), on every master
-// of a Redis Cluster, and returns the prefixes dropped and keys deleted.
+// of a Redis Cluster, with timeline.DropPrefix, and returns the prefixes
+// dropped and keys deleted.
 func CleanTimeline(ctx context.Context, client redis.UniversalClient, base string) ([]string, int64, error) {
 	p, err := timeline.ReadPrefixes(ctx, client, base)
 	if err != nil {
@@ -90,12 +86,10 @@ func CleanTimeline(ctx context.Context, client redis.UniversalClient, base strin
 		if old == p.Active || (p.Rebuild != "" && old == p.Rebuild) {
 			continue
 		}
-		for _, fam := range timelineFamilies {
-			n, err := deleteMatching(ctx, client, old+fam)
-			deleted += n
-			if err != nil {
-				return dropped, deleted, fmt.Errorf("deleting old timeline keys %s: %w", old+fam, err)
-			}
+		n, err := timeline.DropPrefix(ctx, client, base, old)
+		deleted += int64(n)
+		if err != nil {
+			return dropped, deleted, err
 		}
 		if err := client.SRem(ctx, base+oldTimelinePrefixes, old).Err(); err != nil {
 			return dropped, deleted, fmt.Errorf("forgetting old timeline prefix %q: %w", old, err)
@@ -103,31 +97,4 @@ func CleanTimeline(ctx context.Context, client redis.UniversalClient, base strin
 		dropped = append(dropped, old)
 	}
 	return dropped, deleted, nil
-}
-
-// deleteMatching deletes the keys matching pattern (SCAN, then UNLINK one
-// key at a time, which is safe across cluster slots).
-func deleteMatching(ctx context.Context, client redis.UniversalClient, pattern string) (int64, error) {
-	var total int64
-	one := func(ctx context.Context, c redis.Cmdable) error {
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		for iter.Next(ctx) {
-			if err := c.Unlink(ctx, iter.Val()).Err(); err != nil {
-				return err
-			}
-			total++
-		}
-		return iter.Err()
-	}
-	if cc, ok := client.(*redis.ClusterClient); ok {
-		var mu = make(chan struct{}, 1)
-		mu <- struct{}{}
-		err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			<-mu
-			defer func() { mu <- struct{}{} }()
-			return one(ctx, c)
-		})
-		return total, err
-	}
-	return total, one(ctx, client)
 }

@@ -20,35 +20,70 @@
 --      counted in this locality, +13 its kind:value counter field
 -- Returns the number of records counted, or the first error.
 --
--- Redis does not roll back a script that fails part-way. Every key of a
--- locality is checked once, before the call's first write to it, and every
--- counter field before the op that changes it: an op that would fail is
--- skipped whole, the others go on, and the call returns the first such
--- error after it set the TTLs of what it wrote. A skipped record changed
--- nothing (its id, if claimed, says only where it is to count), so once the
--- key is repaired the retried batch counts it once.
+-- Redis does not roll back a script that fails part-way. Every key an op
+-- writes is proven to be of its type before the op's first write, and
+-- every counter field before the op that changes it: an op that would fail
+-- is skipped whole (with every later op of a broken locality), the others
+-- go on, and the call returns the first such error after it set the TTLs
+-- of what it wrote. A skipped record changed nothing (its id, if claimed,
+-- says only where it is to count), so once the key is repaired the retried
+-- batch counts it once. A key's type is proven by the reads an op makes
+-- anyway (SISMEMBER, HEXISTS, ZCARD, HMGET answer WRONGTYPE on a key of
+-- another type), and by TYPE only for a key no read touched before the
+-- op's first write, so that a locality with one or two records in the call
+-- costs few commands more than the records themselves.
 local ttl, keep = ARGV[1], tonumber(ARGV[2])
 local want = {'set', 'zset', 'hash', 'hash', 'hash'}
--- per locality (by k): keys checked (false, or the error), keys written,
--- counter fields found to be integers, the timeline's size once read, and
--- the counter changes, applied once per field at the end
-local checked, touched, good, card, delta = {}, {}, {}, {}, {}
+-- per locality (by k): the first error found (broken), the keys proven to
+-- be of their type (proven[k][i] for KEYS[k + i]), keys written, counter
+-- fields found to be integers, the timeline's size once read, and the
+-- counter changes, applied once per field at the end
+local broken, proven, touched, good, card, delta = {}, {}, {}, {}, {}, {}
 local first, counted = nil, 0
 
-local function badKeys(k)
-  local bad = checked[k]
-  if bad == nil then
-    bad = false
-    for i = 0, 4 do
+-- badKey is the error of KEYS[k + i] holding another type; it stops every
+-- later op of locality k.
+local function badKey(k, i)
+  local key = KEYS[k + i]
+  local t = redis.call('TYPE', key)['ok']
+  local err = redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a ' .. want[i + 1])
+  broken[k] = err
+  return err
+end
+
+-- read runs a command that reads or, for SADD, writes KEYS[k + i] alone,
+-- answering its reply, or the broken-key error if the key holds another
+-- type (Redis refuses such a command before it changes anything).
+local function read(k, i, ...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
+      return nil, badKey(k, i)
+    end
+    return nil, r
+  end
+  proven[k][i] = true
+  return r
+end
+
+-- ready proves, with TYPE, the type of every key of locality k but the
+-- seen set that no read proved yet, before the first write of an op
+-- there. The seen set needs no TYPE: an op writes it only with SADD, its
+-- first write, which fails whole on a key of another type.
+local function ready(k)
+  local p = proven[k]
+  if p.all then return nil end
+  for i = 1, 4 do
+    if not p[i] then
       local t = redis.call('TYPE', KEYS[k + i])['ok']
       if t ~= 'none' and t ~= want[i + 1] then
-        bad = redis.error_reply('CHAPPER_BADKEY key ' .. KEYS[k + i] .. ' is a ' .. t .. ', want a ' .. want[i + 1])
-        break
+        return badKey(k, i)
       end
+      p[i] = true
     end
-    checked[k] = bad
   end
-  return bad
+  p.all = true
+  return nil
 end
 
 -- badCounters checks the counter fields a and b of locality k (counters
@@ -63,7 +98,8 @@ local function badCounters(k, ct, a, b)
   if not g[a] then need[#need + 1] = a end
   if b ~= a and not g[b] then need[#need + 1] = b end
   if #need == 0 then return nil end
-  local vs = redis.call('HMGET', ct, unpack(need))
+  local vs, err = read(k, 2, 'HMGET', ct, unpack(need))
+  if err then return err end
   for i, field in ipairs(need) do
     local v = vs[i]
     if v and not (string.match(v, '^-?%d+$') and #v < 19) then
@@ -100,43 +136,73 @@ local function claim(key, loc, field)
   return '0'
 end
 
--- apply is record.lua for one op.
+-- apply is record.lua for one op. Its reads come first and prove the
+-- types of the keys they touch; SADD, the op's first write, says whether
+-- the id is new.
 local function apply(o)
   local k = tonumber(ARGV[o])
-  local bad = badKeys(k)
-  if bad then return bad end
+  if broken[k] then return broken[k] end
+  if not proven[k] then proven[k] = {} end
   local seen, tl, ct, rec, rp = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local id, kind, detail, replaces = ARGV[o + 2], ARGV[o + 7], ARGV[o + 8], ARGV[o + 11]
   local wasReplaced = ARGV[o + 10]
   local idk = tonumber(ARGV[o + 9])
+  local err
 
   if idk > 0 then
-    -- Claimed after the checks of the locality's keys; a record skipped
-    -- later still leaves its id record as the retry will find it.
-    local err
+    -- A record skipped later still leaves its id record as the retry
+    -- will find it.
     wasReplaced, err = claim(KEYS[idk], ARGV[o + 1], detail)
     if err then return err end
   end
 
-  -- What this op will do, decided before any write to the locality.
-  local new, count = false, false
-  if id ~= '' and redis.call('SISMEMBER', seen, id) == 0 then
-    new = true
-    -- Counted = seen and not replaced: a correction that came first marked it.
-    count = wasReplaced ~= '1' and redis.call('HEXISTS', rp, id) == 0
+  -- What this op may do, decided before any write to the locality.
+  -- Counted = new to the seen set and not replaced: a correction that came
+  -- first marked it, in the id record or here.
+  local mayCount = false
+  if id ~= '' and wasReplaced ~= '1' then
+    local r
+    r, err = read(k, 4, 'HEXISTS', rp, id)
+    if err then return err end
+    mayCount = r == 0
   end
   local mark, uncount = false, false
-  if replaces ~= '' and replaces ~= id and redis.call('HEXISTS', rp, replaces) == 0 then
-    mark = true
-    uncount = ARGV[o + 12] == '1' and redis.call('SISMEMBER', seen, replaces) == 1
-  end
-  if count then
-    local err = badCounters(k, ct, kind, detail)
+  if replaces ~= '' and replaces ~= id then
+    local r
+    r, err = read(k, 4, 'HEXISTS', rp, replaces)
     if err then return err end
+    mark = r == 0
+    if mark and ARGV[o + 12] == '1' then
+      r, err = read(k, 0, 'SISMEMBER', seen, replaces)
+      if err then return err end
+      uncount = r == 1
+    end
+  end
+  if mayCount then
+    err = badCounters(k, ct, kind, detail)
+    if err then return err end
+    if not card[k] then
+      card[k], err = read(k, 1, 'ZCARD', tl)
+      if err then return err end
+    end
   end
   if uncount then
-    local err = badCounters(k, ct, kind, ARGV[o + 13])
+    err = badCounters(k, ct, kind, ARGV[o + 13])
     if err then return err end
+  end
+  if id == '' and not mark then
+    return nil
+  end
+  err = ready(k)
+  if err then return err end
+
+  local new, count = false, false
+  if id ~= '' then
+    local r
+    r, err = read(k, 0, 'SADD', seen, id)
+    if err then return err end
+    new = r == 1
+    count = new and mayCount
   end
   if not (new or mark) then
     return nil
@@ -144,7 +210,6 @@ local function apply(o)
 
   touched[k] = true
   if new then
-    redis.call('SADD', seen, id)
     if not count then
       redis.call('HSET', rp, id, 1)
     end
@@ -166,8 +231,7 @@ local function apply(o)
   if count then
     add(k, kind, 1)
     add(k, detail, 1)
-    local n = card[k] or redis.call('ZCARD', tl)
-    n = n + redis.call('ZADD', tl, ARGV[o + 3], id)
+    local n = card[k] + redis.call('ZADD', tl, ARGV[o + 3], id)
     redis.call('HSET', rec, id, ARGV[o + 4])
     if n > keep then
       -- The oldest by record time go, with their bodies; a late record

@@ -3,6 +3,9 @@ package timeline_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,22 +74,43 @@ func BenchmarkTimeline(b *testing.B) {
 	// is shared (redis-server, the in-process broker and the test), so the
 	// best run is the one least disturbed.
 	var pipeline, today, ceiling, bare, bareNew, zadd, chunkNew, chunkOld, spreadNew, spreadOld float64
+	// redis-server CPU per record (µs) of the same runs, the least of the
+	// rounds
+	cpu := map[string]float64{}
+	least := func(name string, v float64) {
+		if old, ok := cpu[name]; !ok || v < old {
+			cpu[name] = v
+		}
+	}
 	b.ResetTimer()
 	for i := range b.N {
 		for round := range benchRounds {
-			rate, batches := benchPipeline(b, k.Addr(), fmt.Sprintf("bench-%d-%d", i, round), false)
+			rate, batches, us := benchPipeline(b, k.Addr(), fmt.Sprintf("bench-%d-%d", i, round), false)
 			pipeline = max(pipeline, rate)
-			rate, _ = benchPipeline(b, k.Addr(), fmt.Sprintf("bench-old-%d-%d", i, round), true)
+			least("pipeline", us)
+			rate, _, us = benchPipeline(b, k.Addr(), fmt.Sprintf("bench-old-%d-%d", i, round), true)
 			today = max(today, rate)
+			least("today", us)
 			ceiling = max(ceiling, benchCeiling(b, k.Addr(), fmt.Sprintf("bench-none-%d-%d", i, round)))
 			bare = max(bare, benchBare(b, batches, true))
 			bareNew = max(bareNew, benchBare(b, batches, false))
 			zadd = max(zadd, benchZAdd(b, batches))
 			prefix := fmt.Sprintf("b%d-%d-", i, round)
-			chunkNew = max(chunkNew, benchWrites(b, cluster.client, prefix+"chunk:", oneChunk, false))
-			chunkOld = max(chunkOld, benchWrites(b, cluster.client, prefix+"chunk-old:", oneChunk, true))
-			spreadNew = max(spreadNew, benchWrites(b, cluster.client, prefix+"spread:", spread, false))
-			spreadOld = max(spreadOld, benchWrites(b, cluster.client, prefix+"spread-old:", spread, true))
+			for _, w := range []struct {
+				name      string
+				batches   [][]runtime.Record
+				perRecord bool
+				rate      *float64
+			}{
+				{"chunk", oneChunk, false, &chunkNew},
+				{"chunk-old", oneChunk, true, &chunkOld},
+				{"spread", spread, false, &spreadNew},
+				{"spread-old", spread, true, &spreadOld},
+			} {
+				rate, us := benchWrites(b, cluster.client, prefix+w.name+":", w.batches, w.perRecord)
+				*w.rate = max(*w.rate, rate)
+				least(w.name, us)
+			}
 			cluster.dropAll(b)
 		}
 	}
@@ -107,13 +131,64 @@ func BenchmarkTimeline(b *testing.B) {
 		BaselineName: "per-record script calls, same batches, same cluster", Baseline: chunkOld, Target: "ratio>=1.5"})
 	devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/cluster-spread-records-per-s", Value: spreadNew, Unit: "records/s",
 		BaselineName: "per-record script calls, same batches, same cluster", Baseline: spreadOld, Target: "ratio>=1"})
+	for _, f := range []struct{ name, new, old, baseline string }{
+		{"redis-cpu-us-per-record", "pipeline", "today", "the same pipeline, per-record script calls, same run (redis-server used_cpu_sys + used_cpu_user)"},
+		{"cluster-one-chunk-redis-cpu-us-per-record", "chunk", "chunk-old", "per-record script calls, same batches, same cluster (used_cpu of the masters)"},
+		{"cluster-spread-redis-cpu-us-per-record", "spread", "spread-old", "per-record script calls, same batches, same cluster (used_cpu of the masters)"},
+	} {
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkTimeline/" + f.name, Value: cpu[f.new], Unit: "µs",
+			BaselineName: f.baseline, Baseline: cpu[f.old]})
+	}
+}
+
+// redisCPU returns the CPU seconds redis-server used so far
+// (used_cpu_sys + used_cpu_user), summed over the masters of a cluster.
+func redisCPU(b *testing.B, client redis.UniversalClient) float64 {
+	ctx := ctxT(b)
+	one := func(c redis.Cmdable) (float64, error) {
+		info, err := c.Info(ctx, "cpu").Result()
+		if err != nil {
+			return 0, err
+		}
+		var total float64
+		for _, line := range strings.Split(info, "\r\n") {
+			name, value, _ := strings.Cut(line, ":")
+			if name == "used_cpu_sys" || name == "used_cpu_user" {
+				v, err := strconv.ParseFloat(value, 64)
+				if err != nil {
+					return 0, fmt.Errorf("parsing %s: %w", line, err)
+				}
+				total += v
+			}
+		}
+		return total, nil
+	}
+	var total float64
+	var err error
+	if cc, ok := client.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			v, err := one(c)
+			mu.Lock()
+			total += v
+			mu.Unlock()
+			return err
+		})
+	} else {
+		total, err = one(client)
+	}
+	if err != nil {
+		b.Fatalf("reading redis-server CPU: %v", err)
+	}
+	return total
 }
 
 // benchPipeline consumes the whole topic with the runtime and the timeline
 // sink (the per-record path if perRecord) at production batch settings; it
 // times from the first write to the last record written, and returns the
-// batches the sink got.
-func benchPipeline(b *testing.B, addr, group string, perRecord bool) (float64, [][]runtime.Record) {
+// batches the sink got and redis-server's CPU per record (µs) over the
+// run.
+func benchPipeline(b *testing.B, addr, group string, perRecord bool) (float64, [][]runtime.Record, float64) {
 	e := newEnv(b, timeline.Config{})
 	if perRecord {
 		if err := timeline.PerRecord(e.sink); err != nil {
@@ -123,9 +198,11 @@ func benchPipeline(b *testing.B, addr, group string, perRecord bool) (float64, [
 	cfg := sinktest.ConsumerConfig(addr, group)
 	cfg.BatchSize = runtime.DefaultBatchSize
 	cfg.Linger = runtime.DefaultLinger
+	cpu := redisCPU(b, e.client)
 	rate, batches := sinktest.MeasurePipeline(b, cfg, e.sink, benchRecords)
+	cpu = redisCPU(b, e.client) - cpu
 	e.drop(b)
-	return rate, batches
+	return rate, batches, cpu * 1e6 / benchRecords
 }
 
 // benchCeiling consumes the whole topic with the runtime and a sink that
@@ -165,8 +242,9 @@ func inOneChunk(msgs []proto.Message) []proto.Message {
 }
 
 // benchWrites writes batches to client under prefix through a fresh sink
-// (the per-record path if perRecord) and returns records/s.
-func benchWrites(b *testing.B, client redis.UniversalClient, prefix string, batches [][]runtime.Record, perRecord bool) float64 {
+// (the per-record path if perRecord) and returns records/s and
+// redis-server's CPU per record (µs).
+func benchWrites(b *testing.B, client redis.UniversalClient, prefix string, batches [][]runtime.Record, perRecord bool) (float64, float64) {
 	s, err := timeline.New(client, timeline.Config{Prefix: prefix, Fixed: true})
 	if err != nil {
 		b.Fatal(err)
@@ -179,6 +257,7 @@ func benchWrites(b *testing.B, client redis.UniversalClient, prefix string, batc
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	n := 0
+	cpu := redisCPU(b, client)
 	start := time.Now()
 	for _, batch := range batches {
 		if err := s.Write(ctx, batch); err != nil {
@@ -186,7 +265,8 @@ func benchWrites(b *testing.B, client redis.UniversalClient, prefix string, batc
 		}
 		n += len(batch)
 	}
-	return float64(n) / time.Since(start).Seconds()
+	rate := float64(n) / time.Since(start).Seconds()
+	return rate, (redisCPU(b, client) - cpu) * 1e6 / float64(n)
 }
 
 // benchBare issues the sink's script calls (the per-record path's if

@@ -10,8 +10,14 @@ import (
 // so that BenchmarkTimeline measures today's rate beside the batch path in
 // the same run; production sinks never take it.
 
-//go:embed record.lua
-var recordSource string
+// The per-record path's scripts: record.lua, and id.lua as it was then
+// (a TYPE before every claim).
+var (
+	//go:embed record.lua
+	recordSource string
+	//go:embed id_per_record.lua
+	legacyIDSource string
+)
 
 // writePerRecord runs the id round, then one record script call per op.
 func (s *Sink) writePerRecord(ctx context.Context, targets []target, recs []prepared) error {

@@ -60,8 +60,9 @@ type Sink struct {
 	ttl     string
 
 	// legacy takes the per-record path (legacy.go), for the benchmark only.
-	legacy bool
-	record *redis.Script
+	legacy    bool
+	record    *redis.Script
+	legacyIDs *redis.Script
 }
 
 // New returns a timeline sink writing through client and loads its Lua
@@ -87,6 +88,8 @@ func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 		keep:   strconv.Itoa(keep),
 		ttl:    strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
 		record: redis.NewScript(recordSource),
+
+		legacyIDs: redis.NewScript(legacyIDSource),
 	}
 	_, s.cluster = client.(*redis.ClusterClient)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -104,6 +107,9 @@ func (s *Sink) load(ctx context.Context) error {
 	if s.legacy {
 		if err := s.record.Load(ctx, s.client).Err(); err != nil {
 			return fmt.Errorf("loading timeline record script into redis: %w", err)
+		}
+		if err := s.legacyIDs.Load(ctx, s.client).Err(); err != nil {
+			return fmt.Errorf("loading timeline per-record id script into redis: %w", err)
 		}
 	}
 	if err := s.ids.Load(ctx, s.client).Err(); err != nil {
@@ -345,7 +351,11 @@ func (s *Sink) idRound(ctx context.Context, targets []target, recs []prepared) (
 			}
 		}
 	}
-	replies, err := s.run(ctx, s.ids, calls)
+	ids := s.ids
+	if s.legacy {
+		ids = s.legacyIDs
+	}
+	replies, err := s.run(ctx, ids, calls)
 	if err != nil {
 		return nil, err
 	}
