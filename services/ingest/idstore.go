@@ -48,7 +48,9 @@ var ErrIDStore = errors.New("shared id store unavailable")
 // instance, about 30% more.
 //
 // Claim times come from each instance's clock; the claim TTL (tens of
-// seconds) is far longer than the skew of synchronised clocks.
+// seconds) is far longer than the skew of synchronised clocks. Instances
+// from before the marks do not read them (they would see marked ids in
+// flight until their wait times out), so replace every instance at once.
 type idStore struct {
 	client   redis.UniversalClient
 	prefix   string
