@@ -91,19 +91,27 @@ type authIngest struct {
 func startAuthIngest(b *testing.B, brokers string) *authIngest {
 	b.Helper()
 	rd := devtest.NewRedis(b)
-	opts, is := testAuth(b)
-	r := startIngestWith(b, brokers, opts, withStore(rd.Addr(), "bench:"), func(c *Config) {
-		c.RatePerCanvasser, c.RateBurst = 1e9, 1e6
-	})
-	token, err := is.Issue("bench-operator", auth.RoleOperator, time.Hour, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+	r, token := startAuthOnly(b, brokers, withStore(rd.Addr(), "bench:"))
 	pid, err := redisPid(rd.DataDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	return &authIngest{running: r, token: token, pid: pid}
+}
+
+// startAuthOnly starts ingest with authentication and the limits on, as
+// startAuthIngest does, and ids in this process only unless edit says
+// otherwise; it returns an operator's token.
+func startAuthOnly(b *testing.B, brokers string, edit ...func(*Config)) (*running, string) {
+	b.Helper()
+	opts, is := testAuth(b)
+	edit = append(edit, func(c *Config) { c.RatePerCanvasser, c.RateBurst = 1e9, 1e6 })
+	r := startIngestWith(b, brokers, opts, edit...)
+	token, err := is.Issue("bench-operator", auth.RoleOperator, time.Hour, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r, token
 }
 
 // redisCPU returns the CPU time the id store's redis-server used so far.

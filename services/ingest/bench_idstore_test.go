@@ -14,7 +14,8 @@ import (
 
 // BenchmarkIDStore measures the shared id store alone on a private
 // redis-server: a Submit's claim and ack of benchBatch new ids, as ingest
-// does them (a pipeline of one command per id per step) next to one Lua
+// does them (a pipeline of one SET NX GET per id, then one mark for the
+// Submit) next to one Lua
 // script call per step carrying the whole batch (the alternative, not
 // kept: it costs redis-server more), alternating rounds on the same
 // server. The figures are redis-server's CPU time per record (from /proc)
@@ -40,10 +41,11 @@ func BenchmarkIDStore(b *testing.B) {
 		s := newIDStore(client, "bench:", time.Hour, time.Minute)
 		type step func(ids []uuid.UUID) error
 		piped := func(ids []uuid.UUID) error {
-			if _, err := s.claim(ctx, "owner", ids, stamps); err != nil {
+			owner := newOwner()
+			if _, err := s.claim(ctx, owner, ids, stamps); err != nil {
 				return err
 			}
-			return s.ack(ctx, ids, stamps)
+			return s.markDone(ctx, owner)
 		}
 		scripted := func(ids []uuid.UUID) error {
 			keys := make([]string, len(ids))

@@ -210,7 +210,7 @@ func TestIDStoreInFlight(t *testing.T) {
 	r := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
 	t.Run("waits, then takes over a released claim", func(t *testing.T) {
 		v := validVisit(t)
-		if err := rc.Set(ctx, key(v.Id), "pother|x", time.Minute).Err(); err != nil {
+		if err := rc.Set(ctx, key(v.Id), claimValue("other", time.Now(), "x"), time.Minute).Err(); err != nil {
 			t.Fatal(err)
 		}
 		go func() {
@@ -225,7 +225,7 @@ func TestIDStoreInFlight(t *testing.T) {
 	})
 	t.Run("claim that never ends", func(t *testing.T) {
 		v := validVisit(t)
-		if err := rc.Set(ctx, key(v.Id), "pother|x", time.Minute).Err(); err != nil {
+		if err := rc.Set(ctx, key(v.Id), claimValue("other", time.Now(), "x"), time.Minute).Err(); err != nil {
 			t.Fatal(err)
 		}
 		_, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})
@@ -351,7 +351,7 @@ func TestLimits(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	defer rc.Close()
 	held := batch(1)
-	if err := rc.Set(ctx, prefix+"id:{"+held.Visits[0].Id+"}", "pother|x", time.Minute).Err(); err != nil {
+	if err := rc.Set(ctx, prefix+"id:{"+held.Visits[0].Id+"}", claimValue("other", time.Now(), "x"), time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 	c3 := withToken(t, ctx, is, "c3", auth.RoleCanvasser, nil)
@@ -482,13 +482,34 @@ func TestIDStoreBatchSteps(t *testing.T) {
 			if as[0].stamp != "s0" {
 				t.Errorf("an acked id's stamp = %q, want s0", as[0].stamp)
 			}
-			ttl, err := client.PTTL(ctx, s.key(ids[0])).Result()
-			if err != nil || ttl <= time.Minute || ttl > time.Hour {
-				t.Errorf("an acked id's TTL = %v (%v), want the id TTL", ttl, err)
+			// b's mark acknowledges every id b claimed (ids[2]), with b's stamp.
+			if err := s.markDone(ctx, "b"); err != nil {
+				t.Fatal(err)
 			}
-			if ttl, err = client.PTTL(ctx, s.key(ids[1])).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
-				t.Errorf("a claim's TTL = %v (%v), want the claim TTL", ttl, err)
+			as = mustClaim("d", ids[2:], []string{"z2"}, acked)
+			if as[0].stamp != "x2" {
+				t.Errorf("a marked claim's stamp = %q, want x2", as[0].stamp)
 			}
+			if got, err = s.lookup(ctx, ids[2:]); err != nil || got[0].state != acked {
+				t.Errorf("lookup of a marked claim: %+v, %v", got, err)
+			}
+			for _, id := range ids {
+				ttl, err := client.PTTL(ctx, s.key(id)).Result()
+				if err != nil || ttl <= time.Minute || ttl > time.Hour {
+					t.Errorf("%s: TTL = %v (%v), want the id TTL", id, ttl, err)
+				}
+			}
+			// A claim older than the claim TTL whose owner left no mark is
+			// stale: the next claim takes it over, once.
+			old := uuid.New()
+			if err := client.Set(ctx, s.key(old), claimValue("dead", time.Now().Add(-2*time.Minute), "o"), time.Hour).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if got, err = s.lookup(ctx, []uuid.UUID{old}); err != nil || got[0].state != unknown {
+				t.Errorf("lookup of a stale claim: %+v, %v, want unknown", got, err)
+			}
+			mustClaim("e", []uuid.UUID{old}, []string{"e0"}, claimed)
+			mustClaim("f", []uuid.UUID{old}, []string{"f0"}, inFlight)
 		})
 	}
 }
@@ -533,9 +554,10 @@ func TestIDStoreAckOnShutdown(t *testing.T) {
 	defer client.Close()
 	for i, res := range resp.GetResults() {
 		wantStatus(t, res, canvassv1.Status_STATUS_ACCEPTED, "")
-		v, err := client.Get(testCtx(t, 10*time.Second), svc.store.key(uuid.MustParse(req.Visits[i].GetId()))).Result()
-		if err != nil || !strings.HasPrefix(v, "a") {
-			t.Fatalf("after shutdown the store holds %q (%v) for an accepted id, want it acknowledged", v, err)
+		s := newIDStore(client, svc.store.prefix, time.Hour, time.Minute)
+		got, err := s.lookup(testCtx(t, 10*time.Second), []uuid.UUID{uuid.MustParse(req.Visits[i].GetId())})
+		if err != nil || got[0].state != acked {
+			t.Fatalf("after shutdown the store holds %+v (%v) for an accepted id, want it acknowledged", got, err)
 		}
 	}
 }

@@ -539,7 +539,6 @@ func settle(res *canvassv1.RecordResult, mine, theirs string) {
 // It returns a gRPC status error when the broker did not acknowledge or
 // the id store could not be reached.
 func (s *Service) produce(ctx context.Context, todo []pending, traceID string) error {
-	owner := strconv.FormatUint(rand.Uint64(), 36)
 	for len(todo) > 0 {
 		ids := make([]uuid.UUID, len(todo))
 		for i, p := range todo {
@@ -551,7 +550,7 @@ func (s *Service) produce(ctx context.Context, todo []pending, traceID string) e
 		}
 		var again []pending
 		if len(mine) > 0 {
-			retry, err := s.produceMine(ctx, todo, mine, own, owner, traceID)
+			retry, err := s.produceMine(ctx, todo, mine, own, traceID)
 			if err != nil {
 				return err
 			}
@@ -580,11 +579,13 @@ func (s *Service) produce(ctx context.Context, todo []pending, traceID string) e
 }
 
 // produceMine produces todo[mine...], the ids this Submit claimed in the
-// process (flight own): it claims them in the shared id store as owner,
-// produces those it won, settles those the store knew, waits for those
+// process (flight own): it claims them in the shared id store under a
+// fresh owner token (a mark acknowledges one claim step's ids, so no two
+// steps share an owner), produces those it won, settles those the store knew, waits for those
 // another instance is producing, and ends the flight. It returns the
 // records to try again (another instance's produce failed).
-func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, own *flight, owner, traceID string) (again []pending, err error) {
+func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, own *flight, traceID string) (again []pending, err error) {
+	owner := newOwner()
 	ids := make([]uuid.UUID, len(mine))
 	stamps := make([]string, len(mine))
 	for k, i := range mine {
@@ -637,7 +638,7 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 		}
 		if s.store != nil {
 			if len(ackIDs) > 0 {
-				s.ackInBackground(ctx, ackIDs, ackStamps, traceID)
+				s.ackInBackground(ctx, owner, len(relIDs) == 0, ackIDs, ackStamps, traceID)
 			}
 			if len(relIDs) > 0 {
 				// Even when the caller went away: the ids must be free for
@@ -680,22 +681,28 @@ func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, o
 }
 
 // ackInBackground records ids, which the broker acknowledged, as
-// acknowledged in the shared id store, while Submit answers: the Submit
+// acknowledged in the shared id store, while Submit answers: with all,
+// every id owner claimed is on Kafka and one mark acknowledges them all;
+// otherwise each of ids is acknowledged on its own. The Submit
 // does not wait for that round trip. Nothing is answered wrongly
 // meanwhile: until the ack lands, the ids hold this Submit's claims, so
 // another Submit of them (on any instance) sees them in flight and waits
 // for the ack, and only an acknowledged id is ever answered DUPLICATE or
 // CONFLICT. When the ack fails, the records are on Kafka and were answered
-// ACCEPTED: their claims expire after the claim TTL, and this instance
+// ACCEPTED: their claims go stale after the claim TTL, and this instance
 // remembers them itself so that it never produces them again. Shutdown
 // waits for acks in progress (they count as active Submits).
-func (s *Service) ackInBackground(ctx context.Context, ids []uuid.UUID, stamps []string, traceID string) {
+func (s *Service) ackInBackground(ctx context.Context, owner string, all bool, ids []uuid.UUID, stamps []string, traceID string) {
 	s.active.Add(1) // inside a Submit, which holds active: Wait cannot have returned
 	go func() {
 		defer s.active.Done()
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ProduceTimeout)
 		defer cancel()
-		if err := s.store.ack(bctx, ids, stamps); err != nil {
+		ack := func() error { return s.store.ack(bctx, ids, stamps) }
+		if all {
+			ack = func() error { return s.store.markDone(bctx, owner) }
+		}
+		if err := ack(); err != nil {
 			s.dedup.remember(ids, stamps)
 			s.log.Warn("recording acknowledged ids in the id store", "ids", len(ids), "trace_id", traceID, "err", err)
 		}
