@@ -46,11 +46,9 @@ type ledger struct {
 	acks    int // acknowledged Submits
 	fails   int // failed Submits
 
-	folded   int                        // records folded into ids
-	ids      [3][]uuid.UUID             // by kindIndex
-	counters map[int64]map[string]int64 // locality → ct field → count
-	lastAck  map[int64]time.Time        // locality → its last acknowledged record
-	fields   map[string]string          // interned counter field names
+	folded int            // records folded into ids
+	ids    [3][]uuid.UUID // by kindIndex
+	tally  *tally
 
 	// shift, when set, moves every new record north by shift(now)
 	// degrees (the soak moves its area over time so that a short
@@ -89,8 +87,61 @@ type ledgerBatch struct {
 }
 
 func newLedger(seed uint64) *ledger {
-	return &ledger{rng: rand.New(rand.NewPCG(seed, seed)), counters: map[int64]map[string]int64{},
-		lastAck: map[int64]time.Time{}, fields: map[string]string{}}
+	return &ledger{rng: rand.New(rand.NewPCG(seed, seed)), tally: newTally()}
+}
+
+// tally holds, per locality, its last acknowledged record's time and the
+// count of each ct field, compactly: one []int32 a locality, slot 0 the
+// seconds since epoch of the last ack, slot 1+i the count of fields[i].
+type tally struct {
+	epoch  time.Time
+	fields []string
+	index  map[string]int
+	locs   map[int64][]int32
+}
+
+func newTally() *tally {
+	return &tally{epoch: time.Now(), index: map[string]int{}, locs: map[int64][]int32{}}
+}
+
+// add counts one record of loc acknowledged at at in fields.
+func (c *tally) add(loc int64, at time.Time, fields ...string) {
+	v := c.locs[loc]
+	for _, f := range fields {
+		i, ok := c.index[f]
+		if !ok {
+			i = len(c.fields)
+			c.index[f] = i
+			c.fields = append(c.fields, f)
+		}
+		for len(v) < i+2 {
+			v = append(v, 0)
+		}
+		v[i+1]++
+	}
+	// whole seconds, rounded down: never later than the ack, so a
+	// locality is judged possibly expired no later than it could be
+	if s := int32(at.Sub(c.epoch) / time.Second); s > v[0] {
+		v[0] = s
+	}
+	c.locs[loc] = v
+}
+
+// counters returns loc's expected ct fields and counts.
+func (c *tally) counters(loc int64) map[string]int64 {
+	m := map[string]int64{}
+	for i, n := range c.locs[loc][1:] {
+		if n > 0 {
+			m[c.fields[i]] = int64(n)
+		}
+	}
+	return m
+}
+
+// lastAck returns when loc's last record was acknowledged (rounded down
+// to a second).
+func (c *tally) lastAck(loc int64) time.Time {
+	return c.epoch.Add(time.Duration(c.locs[loc][0]) * time.Second)
 }
 
 // next returns a batch to submit: one waiting for a retry, else a new one
@@ -113,6 +164,18 @@ func (l *ledger) next(n int) *ledgerBatch {
 	}
 	l.batches = append(l.batches, b)
 	return b
+}
+
+// reserve makes room for n more records' ids at once, so that a long run
+// does not hold a grown slice and its copy (twice the ids) at the end.
+//
+//lint:ignore U1000 used by the soak (soak_test.go, build tag soak)
+func (l *ledger) reserve(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range l.ids {
+		l.ids[i] = slices.Grow(l.ids[i], n/len(l.ids)+1)
+	}
 }
 
 // moveNorth adds deg to the latitude of every record of req.
@@ -167,22 +230,7 @@ func (l *ledger) foldBatch(req *canvassv1.SubmitRequest, at time.Time) error {
 		if err != nil {
 			return err
 		}
-		m := l.counters[int64(idx)]
-		if m == nil {
-			m = map[string]int64{}
-			l.counters[int64(idx)] = m
-		}
-		for _, f := range fields {
-			if in, ok := l.fields[f]; ok {
-				f = in
-			} else {
-				l.fields[f] = f
-			}
-			m[f]++
-		}
-		if at.After(l.lastAck[int64(idx)]) {
-			l.lastAck[int64(idx)] = at
-		}
+		l.tally.add(int64(idx), at, fields...)
 		return nil
 	}
 	for _, v := range req.GetVisits() {
@@ -316,9 +364,8 @@ type stores struct {
 
 // expected is what the stores must hold: the ledger's records, each once.
 type expected struct {
-	ids      map[string][]uuid.UUID     // kind → ids, sorted
-	counters map[int64]map[string]int64 // locality → ct field → count
-	lastAck  map[int64]time.Time        // locality → its last acknowledged record
+	ids   map[string][]uuid.UUID // kind → ids, sorted
+	tally *tally                 // per locality: counters, last ack
 	// ttl, when set, is the timeline TTL: a locality without an
 	// acknowledged record for ttl may have expired from Redis, and its
 	// counters are then either absent or right.
@@ -335,7 +382,7 @@ func (l *ledger) want(t testing.TB) expected {
 	if err := l.fold(true); err != nil {
 		t.Fatal(err)
 	}
-	e := expected{ids: map[string][]uuid.UUID{}, counters: l.counters, lastAck: l.lastAck}
+	e := expected{ids: map[string][]uuid.UUID{}, tally: l.tally}
 	for i, kind := range ledgerKinds {
 		ids := l.ids[i]
 		slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
@@ -376,7 +423,7 @@ func verify(t testing.TB, ctx context.Context, s stores, e expected, timeout tim
 		if len(problems) == 0 {
 			if e.ttl > 0 {
 				t.Logf("every one of %d acknowledged records is once in Postgres and search and counted once in Redis; "+
-					"%d of %d localities were quiet for the timeline TTL %v (expired, or counted right)", e.total(), e.expiredLocalities(), len(e.counters), e.ttl)
+					"%d of %d localities were quiet for the timeline TTL %v (expired, or counted right)", e.total(), e.expiredLocalities(), len(e.tally.locs), e.ttl)
 			} else {
 				t.Logf("every one of %d acknowledged records is once in Postgres, Redis and search", e.total())
 			}
@@ -489,8 +536,8 @@ func checkPostgres(ctx context.Context, s stores, e expected) []string {
 func checkRedis(ctx context.Context, s stores, e expected) []string {
 	c := redis.NewClient(&redis.Options{Addr: s.redisAddr})
 	defer c.Close()
-	locs := make([]int64, 0, len(e.counters))
-	for loc := range e.counters {
+	locs := make([]int64, 0, len(e.tally.locs))
+	for loc := range e.tally.locs {
 		locs = append(locs, loc)
 	}
 	slices.Sort(locs)
@@ -512,7 +559,7 @@ func checkRedis(ctx context.Context, s stores, e expected) []string {
 			if len(got) == 0 && e.mayHaveExpired(loc) {
 				continue
 			}
-			want := e.counters[loc]
+			want := e.tally.counters(loc)
 			bad := len(got) != len(want)
 			for f, n := range want {
 				if got[f] != fmt.Sprint(n) {
@@ -537,13 +584,13 @@ func checkRedis(ctx context.Context, s stores, e expected) []string {
 // set and loc's last acknowledged record is older than it (the keys expire
 // a TTL after the pipeline wrote the last record, which is after its ack).
 func (e expected) mayHaveExpired(loc int64) bool {
-	return e.ttl > 0 && time.Since(e.lastAck[loc]) >= e.ttl
+	return e.ttl > 0 && time.Since(e.tally.lastAck(loc)) >= e.ttl
 }
 
 // expiredLocalities counts the localities of e that may have expired.
 func (e expected) expiredLocalities() int {
 	n := 0
-	for loc := range e.counters {
+	for loc := range e.tally.locs {
 		if e.mayHaveExpired(loc) {
 			n++
 		}
@@ -686,7 +733,8 @@ func TestLedgerFolds(t *testing.T) {
 		t.Errorf("want holds %d records, want %d", e.total(), 2*foldEvery*30)
 	}
 	counted := int64(0)
-	for _, m := range e.counters {
+	for loc := range e.tally.locs {
+		m := e.tally.counters(loc)
 		counted += m["visits"] + m["intentions"] + m["followups"]
 	}
 	if counted != int64(e.total()) {
