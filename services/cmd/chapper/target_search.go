@@ -42,12 +42,5 @@ func init() {
 				return nil
 			}
 		},
-		// dev: the search server shares the process (and its 2 cores)
-		// with ingest, and Bleve spends most of its CPU merging the
-		// segments each _bulk makes. Batches of 2,000 make a quarter as
-		// many segments: about a quarter less CPU per record measured.
-		// A caught-up batch is written at once, so the linger only
-		// applies while the pipeline is behind.
-		dev: map[string]string{"search.batch-size": "2000", "search.linger": "500ms"},
 	})
 }
