@@ -46,10 +46,5 @@ func init() {
 				return nil
 			}
 		},
-		// dev: ingest's id store shares the one redis-server with the
-		// timeline script, and Redis runs one script at a time: a batch of
-		// 500 held it for about 90 ms under load, and every Submit's id
-		// claim queued behind it. Batches of 100 bound that wait.
-		dev: map[string]string{"timeline.batch-size": "100"},
 	})
 }
