@@ -10,6 +10,14 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
+// newClient returns a Kafka client with a connection pool of its own and
+// the function that closes the pool. kafka-go's DefaultTransport would keep
+// idle connections (and a goroutine each) after the call returned.
+func newClient(brokers []string) (*kafka.Client, func()) {
+	tr := &kafka.Transport{}
+	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: tr}, tr.CloseIdleConnections
+}
+
 // commit saves next (the next offset per partition) as the committed
 // offsets of group, a group that never has members: a simple commit with
 // generation -1, which Kafka (and kfake) accept for an empty group.
@@ -35,7 +43,12 @@ func commit(ctx context.Context, client *kafka.Client, group string, next map[Pa
 // Checkpoint returns the next offset per partition that group saved, for
 // the partitions that have one.
 func Checkpoint(ctx context.Context, brokers []string, group string, parts []Partition) (map[Partition]int64, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	client, closeClient := newClient(brokers)
+	defer closeClient()
+	return checkpoint(ctx, client, group, parts)
+}
+
+func checkpoint(ctx context.Context, client *kafka.Client, group string, parts []Partition) (map[Partition]int64, error) {
 	req := &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{}}
 	for _, tp := range parts {
 		req.Topics[tp.Topic] = append(req.Topics[tp.Topic], tp.Partition)
@@ -67,7 +80,8 @@ func Checkpoint(ctx context.Context, brokers []string, group string, parts []Par
 // DeleteCheckpoint deletes group (a replay's checkpoint). A group that does
 // not exist is no error.
 func DeleteCheckpoint(ctx context.Context, brokers []string, group string) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	client, closeClient := newClient(brokers)
+	defer closeClient()
 	resp, err := client.DeleteGroups(ctx, &kafka.DeleteGroupsRequest{GroupIDs: []string{group}})
 	if err != nil {
 		return fmt.Errorf("deleting replay checkpoint group %s: %w", group, err)

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/chapper/chapper/pipelines/runtime/sinktest"
 	"github.com/chapper/chapper/proto/topic"
 	"github.com/chapper/chapper/services/devstack/devtest"
@@ -20,7 +18,8 @@ func TestCheckpointerCommitsTheLastSaved(t *testing.T) {
 	sinktest.CreateTopics(t, k.Addr())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(k.Addr()), Timeout: 10 * time.Second}
+	client, closeClient := newClient([]string{k.Addr()})
+	defer closeClient()
 	c := newCheckpointer(ctx, client, "checkpointer-test")
 	parts := []Partition{{Topic: topic.Visits, Partition: 0}, {Topic: topic.Intentions, Partition: 3}}
 	for i := int64(1); i <= 300; i++ {

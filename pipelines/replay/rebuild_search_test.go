@@ -41,7 +41,6 @@ func kindCounts(msgs []proto.Message) map[topic.Kind]int {
 // live sink writes the new generation after the switch, the old
 // generation stops growing, and CleanGenerations drops only it.
 func TestRebuildSearch(t *testing.T) {
-	noLeaks(t)
 	ctx := timeoutCtx(t)
 	k := devtest.Kafka(t)
 	sinktest.CreateTopics(t, k.Addr())

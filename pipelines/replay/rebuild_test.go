@@ -44,7 +44,6 @@ func counted(t testing.TB, client *redis.Client, prefix string) int {
 // every record exactly once (seen sets and counters), the live sink writes
 // there, and CleanTimeline drops the old prefix's keys only.
 func TestRebuildTimeline(t *testing.T) {
-	noLeaks(t)
 	ctx := timeoutCtx(t)
 	k := devtest.Kafka(t)
 	sinktest.CreateTopics(t, k.Addr())

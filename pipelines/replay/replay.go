@@ -198,11 +198,9 @@ func Plan(ctx context.Context, cfg Config) (map[Partition]Range, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.plan(ctx, c.client())
-}
-
-func (c *Config) client() *kafka.Client {
-	return &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: 10 * time.Second}
+	client, closeClient := newClient(c.Brokers)
+	defer closeClient()
+	return c.plan(ctx, client)
 }
 
 func (c *Config) plan(ctx context.Context, client *kafka.Client) (map[Partition]Range, error) {
@@ -219,7 +217,7 @@ func (c *Config) plan(ctx context.Context, client *kafka.Client) (map[Partition]
 		return nil, err
 	}
 	if c.Resume && c.Group != "" {
-		cp, err := Checkpoint(ctx, c.Brokers, c.Group, parts)
+		cp, err := checkpoint(ctx, client, c.Group, parts)
 		if err != nil {
 			return nil, err
 		}
@@ -244,7 +242,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if err != nil {
 		return &Summary{}, err
 	}
-	client := c.client()
+	// closed after the last checkpoint commit (write waits for it)
+	client, closeClient := newClient(c.Brokers)
+	defer closeClient()
 	ranges, err := c.plan(ctx, client)
 	if err != nil {
 		return &Summary{}, fmt.Errorf("planning the replay: %w", err)

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chapper/chapper/pipelines/persist"
@@ -26,38 +25,7 @@ import (
 	"github.com/chapper/chapper/services/devstack/devtest"
 )
 
-// TestMain checks for leaked goroutines after the shared servers stopped;
-// kafka.DefaultTransport (used by kafka.Client values without a transport
-// of their own, here and in sinktest's helpers) keeps its idle connection
-// pools until they time out, by design.
-func TestMain(m *testing.M) {
-	devtest.Main(m,
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"))
-}
-
-// noLeaks fails t if goroutines started during t still run once its
-// cleanups ran (registered first, it runs last). devtest.Main takes the
-// *testing.M itself, so the check is per test. The shared Redis and
-// Postgres servers, started lazily by the first test that needs them,
-// keep a process-wait goroutine each for the life of the binary; those are
-// the harness's, not ours.
-func noLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() {
-		goleak.VerifyNone(t, opt,
-			// devstack's spawner thread and the wait for each shared
-			// server's process (the harness's, for the whole binary)
-			goleak.IgnoreAnyFunction("github.com/chapper/chapper/services/devstack.startCmd.func1.1"),
-			goleak.IgnoreAnyFunction("github.com/chapper/chapper/services/devstack.startChild.func1"),
-			// kafka.DefaultTransport (the kafka.Client of sinktest's
-			// helpers and of replay) keeps a pool per broker address
-			// until CloseIdleConnections
-			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
-			goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
-		)
-	})
-}
+func TestMain(m *testing.M) { devtest.Main(m) }
 
 func timeoutCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -277,7 +245,6 @@ func checkHolds(t testing.TB, st store, want, not []proto.Message) {
 func TestReplay(t *testing.T) {
 	for _, se := range sinks {
 		t.Run(se.name, func(t *testing.T) {
-			noLeaks(t)
 			ctx := timeoutCtx(t)
 			k := devtest.Kafka(t)
 			sinktest.CreateTopics(t, k.Addr())
@@ -358,7 +325,6 @@ func TestReplay(t *testing.T) {
 // the resumed run writes exactly the rest, and the store holds everything
 // once. A dry run counts per kind and writes nothing.
 func TestResume(t *testing.T) {
-	noLeaks(t)
 	ctx := timeoutCtx(t)
 	k := devtest.Kafka(t)
 	sinktest.CreateTopics(t, k.Addr())
@@ -445,7 +411,6 @@ func TestResume(t *testing.T) {
 // dead-letter topic with its origin and the sink's name, the rest is
 // written, and Run reports ErrDeadLettered.
 func TestDeadLetter(t *testing.T) {
-	noLeaks(t)
 	ctx := timeoutCtx(t)
 	k := devtest.Kafka(t)
 	sinktest.CreateTopics(t, k.Addr())

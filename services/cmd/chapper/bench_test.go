@@ -101,6 +101,11 @@ func BenchmarkDurableDev(b *testing.B) {
 		// Submit for the whole time; then the lag after the load stops
 		rawPaced := int(paced.Seconds()/3) * durRate
 		_, rawLat := rawProduce(ctx, b, raw, rawMessages(b, rng, rawPaced/durBatch), time.Second*durBatch/durRate)
+		loadBefore := loadAverage()
+		// the dev process's own CPU (ingest, the pipelines, the broker and
+		// the search server; not redis-server or Postgres) over the paced
+		// load and its drain, per record
+		cpuBefore := procsCPU(b, []*proc{dev})
 		lat, err := loadgen.Run(ctx, loadgen.Config{Addr: ports.grpc, Records: int(paced.Seconds()) * durRate, Rate: durRate,
 			Clients: durClients, BatchSize: durBatch, Kind: "mixed", Timeout: 30 * time.Second})
 		if err != nil {
@@ -112,6 +117,7 @@ func BenchmarkDurableDev(b *testing.B) {
 		stopped := time.Now()
 		zero, ok := waitLagZero(ctx, ports.admin, durLagDeadline)
 		drained := zero.Sub(stopped)
+		devCPU := (procsCPU(b, []*proc{dev}) - cpuBefore) / float64(max(lat.Accepted, 1)) * 1e6
 		if !ok {
 			b.Logf("the pipelines' lag was not 0 within %v of the load's end; reporting %v", durLagDeadline, drained)
 		}
@@ -121,7 +127,8 @@ func BenchmarkDurableDev(b *testing.B) {
 			b.Errorf("chapper dev did not stop cleanly: %v", err)
 		}
 
-		fmt.Printf("BenchmarkDurableDev (busy shared 2-core machine: figures are noisy): throughput %v; at %d rec/s for %v: %v\n", res, durRate, paced, lat)
+		fmt.Printf("BenchmarkDurableDev (busy shared 2-core machine: figures are noisy): throughput %v; at %d rec/s for %v: %v; load average %s before the paced phase, %s at the end\n",
+			res, durRate, paced, lat, loadBefore, loadAverage())
 		const rawName = "raw kafka-go produce, same broker, same batches"
 		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/submit-records-per-s", Value: res.PerSecond(), Unit: "records/s",
 			BaselineName: rawName, Baseline: rawRate, Target: ">=20000"})
@@ -131,12 +138,24 @@ func BenchmarkDurableDev(b *testing.B) {
 			BaselineName: rawName + ", 7,000 records/s", Baseline: ms(pctD(rawLat, 99)), Target: "<=50"})
 		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/lag-zero-after-load-s", Value: drained.Seconds(), Unit: "s",
 			BaselineName: "none", Target: "<=5"})
+		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/dev-cpu-us-per-record-at-7000", Value: devCPU, Unit: "us",
+			BaselineName: "none"})
 		b.ReportMetric(res.PerSecond(), "submit-records/s")
 		b.ReportMetric(rawRate, "raw-records/s")
 		b.ReportMetric(ms(lat.Percentile(99)), "ack-p99-ms")
 		b.ReportMetric(ms(pctD(rawLat, 99)), "raw-p99-ms")
 		b.ReportMetric(drained.Seconds(), "lag-zero-s")
 	}
+}
+
+// loadAverage returns the machine's 1, 5 and 15 minute load averages as
+// /proc/loadavg prints them ("?" when unreadable).
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(data)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

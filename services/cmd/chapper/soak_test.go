@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
@@ -35,7 +36,13 @@ var (
 	soakFaults   = flag.Duration("soak.fault-every", 4*time.Minute, "Time between injected faults (scaled down for runs under 20m).")
 	soakSample   = flag.Duration("soak.sample-every", 5*time.Second, "Time between samples of RSS, goroutines, lag and ack latency.")
 	soakOut      = flag.String("soak.out", "", "Directory for soak.txt and soak.png (default var/soak beside go.work).")
+	soakTTL      = flag.Duration("soak.timeline-ttl", time.Minute, "Timeline TTL of the soak's timeline process; the load's area moves on every TTL, so Redis holds about two TTLs of records, not the hour's.")
+	soakIDTTL    = flag.Duration("soak.id-ttl", 10*time.Minute, "How long the soak's ingest remembers an acknowledged id (a resubmitted batch is retried within it).")
 )
+
+// soakBands is how many areas the load moves through (0.3° of latitude
+// each, loadgen's span) before it returns to the first, long expired.
+const soakBands = 8
 
 // soakSampleRow is one sample of every chapper process and of the load.
 type soakSampleRow struct {
@@ -45,6 +52,7 @@ type soakSampleRow struct {
 	lag        float64 // records, summed over the pipelines
 	p99        float64 // ms, Submits acknowledged since the last sample
 	records    int
+	redisMiB   float64 // redis-server's used_memory
 }
 
 // TestSoak runs ingest, timeline, persist and search as `chapper serve`
@@ -91,7 +99,7 @@ func TestSoak(t *testing.T) {
 		args := []string{"serve", "-target=" + n, "-log.level=warn", "-admin.addr=" + admins[n],
 			"-kafka.brokers=" + stack.Kafka.Addr(), "-grpc.addr=" + grpcAddr, "-ingest.topic-replication-factor=1",
 			"-timeline.redis-addrs=" + s.redisAddr, "-persist.router-url=" + s.pgURL("chapper_router"),
-			"-search.addresses=" + s.searchURL}
+			"-search.addresses=" + s.searchURL, "-timeline.ttl=" + soakTTL.String(), "-ingest.id-ttl=" + soakIDTTL.String()}
 		if n != "ingest" {
 			args = append(args, "-"+n+".session-timeout=6s", "-"+n+".heartbeat-interval=1s", "-"+n+".rebalance-timeout=6s", "-"+n+".max-backoff=1s")
 		}
@@ -104,6 +112,17 @@ func TestSoak(t *testing.T) {
 
 	l := newLedger(seed)
 	l.keepLatency = true
+	// the expected records' ids, plus a tenth for the batches resubmitted
+	l.reserve(int(*soakRate * dur.Seconds() * 1.1))
+	// the area moves on every TTL: the localities it left expire, so
+	// Redis stays bounded over the hour
+	loadStart := time.Now()
+	l.shift = func(now time.Time) float64 { return 0.3 * float64(int(now.Sub(loadStart)/(*soakTTL))%soakBands) }
+	rc := redis.NewClient(&redis.Options{Addr: s.redisAddr})
+	defer rc.Close()
+	settings := fmt.Sprintf("timeline TTL %v and id-store TTL %v (the soak's, not the defaults); the load's area moves every %v through %d areas, "+
+		"so Redis holds about two TTLs of records", *soakTTL, *soakIDTTL, *soakTTL, soakBands)
+	t.Log(settings)
 	const clients, batch = 8, 100
 	interval := time.Duration(float64(time.Second) * clients * batch / *soakRate)
 	lctx, stopLoad := context.WithCancel(ctx)
@@ -155,6 +174,7 @@ func TestSoak(t *testing.T) {
 			}
 		}
 		row.p99 = ms(pctD(l.takeLatencies(), 99))
+		row.redisMiB = redisUsedMiB(ctx, rc)
 		rows = append(rows, row)
 		if time.Now().After(nextFault) {
 			f := faults[fi%len(faults)]
@@ -169,7 +189,9 @@ func TestSoak(t *testing.T) {
 	stopLoad()
 	loadWG.Wait()
 	l.settle(ctx, t, grpcAddr, 2*time.Minute)
-	verify(t, ctx, s, l.want(t), 10*time.Minute)
+	want := l.want(t)
+	want.ttl = *soakTTL
+	verify(t, ctx, s, want, 10*time.Minute)
 
 	out := *soakOut
 	if out == "" {
@@ -183,6 +205,7 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	table, flat := soakReport(rows, names, warmup, events)
+	table = settings + "\n" + table
 	if err := os.WriteFile(filepath.Join(out, "soak.txt"), []byte(table), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +264,17 @@ func procRSS(p *proc) float64 {
 	return 0
 }
 
+// redisUsedMiB returns redis-server's used_memory in MiB (0 while it is
+// down, as during its restart fault).
+func redisUsedMiB(ctx context.Context, c *redis.Client) float64 {
+	info, err := c.InfoMap(ctx, "memory").Result()
+	if err != nil {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(info["Memory"]["used_memory"], 64)
+	return v / (1 << 20)
+}
+
 // metricSum sums the series of metric on the admin server at admin.
 func metricSum(ctx context.Context, admin, metric string) (float64, error) {
 	v, _, err := metricSeries(ctx, admin, metric)
@@ -252,7 +286,7 @@ func metricSum(ctx context.Context, admin, metric string) (float64, error) {
 // goroutines, and reports whether both stayed flat.
 func soakReport(rows []soakSampleRow, names []string, warmup time.Duration, events []string) (string, bool) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%8s %9s %8s %8s", "time", "records", "lag", "p99 ms")
+	fmt.Fprintf(&b, "%8s %9s %8s %8s %9s", "time", "records", "lag", "p99 ms", "redis MiB")
 	for _, n := range names {
 		fmt.Fprintf(&b, " %10s %6s", n+" MiB", "gor")
 	}
@@ -262,7 +296,7 @@ func soakReport(rows []soakSampleRow, names []string, warmup time.Duration, even
 		if i%step != 0 && i != len(rows)-1 {
 			continue
 		}
-		fmt.Fprintf(&b, "%8s %9d %8.0f %8.1f", r.at.Round(time.Second), r.records, r.lag, r.p99)
+		fmt.Fprintf(&b, "%8s %9d %8.0f %8.1f %9.1f", r.at.Round(time.Second), r.records, r.lag, r.p99, r.redisMiB)
 		for _, n := range names {
 			fmt.Fprintf(&b, " %10.1f %6.0f", r.rss[n], r.goroutines[n])
 		}
@@ -306,7 +340,8 @@ func soakReport(rows []soakSampleRow, names []string, warmup time.Duration, even
 	return b.String(), flat
 }
 
-// soakPlot draws RSS, goroutines, lag and p99 over time into one PNG.
+// soakPlot draws RSS, goroutines, lag, p99 and Redis's memory over time
+// into one PNG.
 func soakPlot(rows []soakSampleRow, names []string, path string) error {
 	mk := func(title, y string, series map[string]func(soakSampleRow) float64, order []string) (*plot.Plot, error) {
 		p := plot.New()
@@ -342,14 +377,17 @@ func soakPlot(rows []soakSampleRow, names []string, path string) error {
 	if err != nil {
 		return err
 	}
-	img := vgimg.New(vg.Points(900), vg.Points(1200))
+	p5, err := mk("redis-server used_memory", "MiB", map[string]func(soakSampleRow) float64{"redis": func(r soakSampleRow) float64 { return r.redisMiB }}, []string{"redis"})
+	if err != nil {
+		return err
+	}
+	img := vgimg.New(vg.Points(900), vg.Points(1500))
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 4, Cols: 1}
-	canvases := plot.Align([][]*plot.Plot{{p1}, {p2}, {p3}, {p4}}, tiles, dc)
-	p1.Draw(canvases[0][0])
-	p2.Draw(canvases[1][0])
-	p3.Draw(canvases[2][0])
-	p4.Draw(canvases[3][0])
+	tiles := draw.Tiles{Rows: 5, Cols: 1}
+	canvases := plot.Align([][]*plot.Plot{{p1}, {p2}, {p3}, {p4}, {p5}}, tiles, dc)
+	for i, p := range []*plot.Plot{p1, p2, p3, p4, p5} {
+		p.Draw(canvases[i][0])
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return err
