@@ -215,7 +215,7 @@ func (c *Consumer) groupConfig() kafka.ConsumerGroupConfig {
 // owner).
 //
 // Three stages overlap, so the sink is rarely idle: the partition readers
-// fetch, gather batches the next batch and decodes it while the sink
+// fetch, gather assembles and decodes the next batch while the sink
 // writes the one before (one batch ahead: gather waits to hand it over,
 // so memory stays bounded), and the committer commits a batch's offsets
 // after its write returned, while the sink writes the next. Batches are

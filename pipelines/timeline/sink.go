@@ -80,15 +80,14 @@ func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 		ttl = DefaultTTL
 	}
 	s := &Sink{
-		client: client,
-		batch:  redis.NewScript(batchSource),
-		ids:    redis.NewScript(idSource),
-		prefix: cfg.Prefix,
-		fixed:  cfg.Fixed,
-		keep:   strconv.Itoa(keep),
-		ttl:    strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
-		record: redis.NewScript(recordSource),
-
+		client:    client,
+		batch:     redis.NewScript(batchSource),
+		ids:       redis.NewScript(idSource),
+		prefix:    cfg.Prefix,
+		fixed:     cfg.Fixed,
+		keep:      strconv.Itoa(keep),
+		ttl:       strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
+		record:    redis.NewScript(recordSource),
 		legacyIDs: redis.NewScript(legacyIDSource),
 	}
 	_, s.cluster = client.(*redis.ClusterClient)

@@ -581,8 +581,9 @@ func (s *Service) produce(ctx context.Context, todo []pending, traceID string) e
 // produceMine produces todo[mine...], the ids this Submit claimed in the
 // process (flight own): it claims them in the shared id store under a
 // fresh owner token (a mark acknowledges one claim step's ids, so no two
-// steps share an owner), produces those it won, settles those the store knew, waits for those
-// another instance is producing, and ends the flight. It returns the
+// steps share an owner), produces those it won, settles those the store
+// knew, waits for those another instance is producing, and ends the
+// flight. It returns the
 // records to try again (another instance's produce failed).
 func (s *Service) produceMine(ctx context.Context, todo []pending, mine []int, own *flight, traceID string) (again []pending, err error) {
 	owner := newOwner()
