@@ -398,6 +398,27 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 	return nil
 }
 
+// The paths of the first records of each kind ("visits[3]"), built once:
+// every record carries its path, for reasons it rarely needs.
+var visitsPaths, intentionsPaths, followupsPaths = paths("visits"), paths("intentions"), paths("followups")
+
+func paths(kind string) []string {
+	out := make([]string, 1000)
+	for i := range out {
+		out[i] = kind + "[" + strconv.Itoa(i) + "]"
+	}
+	return out
+}
+
+// recordPath returns the path of record i of kind, from table when it
+// holds it.
+func recordPath(table []string, kind string, i int) string {
+	if i < len(table) {
+		return table[i]
+	}
+	return kind + "[" + strconv.Itoa(i) + "]"
+}
+
 // submit is Submit; wire, when not nil, holds the bytes of each kind's
 // records (wireRequest.wire).
 func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest, wire *[3][][]byte) (*canvassv1.SubmitResponse, error) {
@@ -457,7 +478,7 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest, wire
 	for i, r := range req.GetVisits() {
 		given := r.GetId()
 		edits = [4]edit{{ed.id, given, ""}, {ed.replacesID, r.GetReplacesId(), ""}, {ed.canvasserID, r.GetCanvasserId(), ""}}
-		path := "visits[" + strconv.Itoa(i) + "]"
+		path := recordPath(visitsPaths, "visits", i)
 		rec, fe := v.visit(path, r)
 		if fe == nil {
 			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
@@ -471,7 +492,7 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest, wire
 	for i, r := range req.GetIntentions() {
 		given := r.GetId()
 		edits = [4]edit{{ed.id, given, ""}, {ed.visitID, r.GetVisitId(), ""}, {ed.replacesID, r.GetReplacesId(), ""}, {ed.canvasserID, r.GetCanvasserId(), ""}}
-		path := "intentions[" + strconv.Itoa(i) + "]"
+		path := recordPath(intentionsPaths, "intentions", i)
 		rec, fe := v.intention(path, r)
 		if fe == nil {
 			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
@@ -485,7 +506,7 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest, wire
 	for i, r := range req.GetFollowups() {
 		given := r.GetId()
 		edits = [4]edit{{ed.id, given, ""}, {ed.visitID, r.GetVisitId(), ""}, {ed.replacesID, r.GetReplacesId(), ""}, {ed.canvasserID, r.GetCanvasserId(), ""}}
-		path := "followups[" + strconv.Itoa(i) + "]"
+		path := recordPath(followupsPaths, "followups", i)
 		rec, fe := v.followup(path, r)
 		if fe == nil {
 			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
