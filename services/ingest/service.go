@@ -320,7 +320,7 @@ type batch struct {
 	todo    []pending
 	inBatch map[uuid.UUID]string // id → stamp
 	kinds   []topic.Kind
-	buf     []byte // every value, back to back
+	buf     []byte // the keys, and the values not produced from the wire bytes as they came
 
 	clientID   string // from the request metadata; "" when none
 	receivedAt []byte
@@ -328,6 +328,7 @@ type batch struct {
 	// headers of the last record per kind, reused while the client id
 	// stays the same.
 	lastHeaders map[topic.Kind][]kafka.Header
+	headers     []kafka.Header // backs the records' headers
 	// violations are the rejected records' fields, for the
 	// x-field-violations-bin trailer.
 	violations []*errdetails.BadRequest_FieldViolation
@@ -351,15 +352,16 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 	res.Locality = int64(rec.locality)
 	start := len(b.buf)
 	var err error
+	var value []byte
 	var kept bool
-	b.buf, kept, err = encodeRecord(b.buf, kind, m, wire, edits)
+	b.buf, value, kept, err = encodeRecord(b.buf, kind, m, wire, edits)
 	if err != nil {
 		return fmt.Errorf("%w (record %s)", err, rec.id)
 	}
 	if wire != nil && !kept {
 		b.reencoded++
 	}
-	stamp, err := makeStamp(kind, canvasserID, b.buf[start:])
+	stamp, err := makeStamp(kind, canvasserID, value)
 	if err != nil {
 		return err
 	}
@@ -378,21 +380,27 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 	}
 	h := b.lastHeaders[kind]
 	if h == nil || string(h[1].Value) != cid {
-		h = []kafka.Header{
-			{Key: topic.HeaderSchema, Value: schemas[kind]},
-			{Key: topic.HeaderClientID, Value: []byte(cid)},
-			{Key: topic.HeaderReceivedAt, Value: b.receivedAt},
-			{Key: topic.HeaderTraceID, Value: b.traceID},
-		}
+		// From the batch's own slices: records naming many canvassers
+		// (an operator's) get new headers each.
+		at := len(b.buf)
+		b.buf = append(b.buf, cid...)
+		n := len(b.headers)
+		b.headers = append(b.headers,
+			kafka.Header{Key: topic.HeaderSchema, Value: schemas[kind]},
+			kafka.Header{Key: topic.HeaderClientID, Value: b.buf[at:len(b.buf):len(b.buf)]},
+			kafka.Header{Key: topic.HeaderReceivedAt, Value: b.receivedAt},
+			kafka.Header{Key: topic.HeaderTraceID, Value: b.traceID},
+		)
+		h = b.headers[n:len(b.headers):len(b.headers)]
 		b.lastHeaders[kind] = h
 	}
 	end := len(b.buf)
-	b.buf = strconv.AppendInt(b.buf, int64(rec.locality), 10) // the key, after the value
+	b.buf = strconv.AppendInt(b.buf, int64(rec.locality), 10) // the key
 	b.todo = append(b.todo, pending{result: res, uid: rec.uid, stamp: stamp, path: path, replaces: rec.replaces, msg: kafka.Message{
 		Topic: kind.Topic(),
 		// Full slice expressions: a later append to buf must not write here.
 		Key:     b.buf[end:len(b.buf):len(b.buf)],
-		Value:   b.buf[start:end:end],
+		Value:   value[:len(value):len(value)],
 		Headers: h,
 	}})
 	return nil
@@ -450,12 +458,14 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest, wire
 
 	v := validator{now: now, maxFuture: s.cfg.MaxFuture}
 	b := &batch{
-		resp:        &canvassv1.SubmitResponse{Results: make([]*canvassv1.RecordResult, 0, n)},
-		results:     make([]canvassv1.RecordResult, n),
-		todo:        make([]pending, 0, n),
-		inBatch:     make(map[uuid.UUID]string, n),
-		kinds:       make([]topic.Kind, 0, n),
-		buf:         make([]byte, 0, 256*n),
+		resp:    &canvassv1.SubmitResponse{Results: make([]*canvassv1.RecordResult, 0, n)},
+		results: make([]canvassv1.RecordResult, n),
+		todo:    make([]pending, 0, n),
+		inBatch: make(map[uuid.UUID]string, n),
+		kinds:   make([]topic.Kind, 0, n),
+		buf:     make([]byte, 0, 32*n), // keys, client ids; values when edited or encoded
+		headers: make([]kafka.Header, 0, 4*n),
+
 		clientID:    clientID,
 		receivedAt:  now.UTC().AppendFormat(nil, receivedAtLayout),
 		traceID:     []byte(traceID),

@@ -360,22 +360,40 @@ func (m *msgShape) canonical(b []byte, top bool) bool {
 	return true
 }
 
-// encodeRecord appends a record's Kafka value to buf: its wire bytes with
-// the edits appended when they are in canonical form (kept), else m
-// encoded.
-func encodeRecord(buf []byte, kind topic.Kind, m proto.Message, wire []byte, edits []edit) (out []byte, kept bool, err error) {
+// encodeRecord returns a record's Kafka value: wire itself when it is in
+// canonical form and Submit changed nothing, else its wire bytes with the
+// edits applied, appended to buf, when they are (kept in both cases), else
+// m encoded, appended to buf.
+func encodeRecord(buf []byte, kind topic.Kind, m proto.Message, wire []byte, edits []edit) (out, value []byte, kept bool, err error) {
 	if wire != nil {
-		start := len(buf)
-		var ok bool
-		buf, ok = applyEdits(append(buf, wire...), start, edits)
-		if ok && canonicalRecord(kind, buf[start:]) {
-			return buf, true, nil
+		if !edited(edits) {
+			if canonicalRecord(kind, wire) {
+				return buf, wire, true, nil
+			}
+		} else {
+			start := len(buf)
+			var ok bool
+			buf, ok = applyEdits(append(buf, wire...), start, edits)
+			if ok && canonicalRecord(kind, buf[start:]) {
+				return buf, buf[start:], true, nil
+			}
+			buf = buf[:start]
 		}
-		buf = buf[:start]
 	}
-	out, err = proto.MarshalOptions{}.MarshalAppend(buf, m)
+	start := len(buf)
+	buf, err = proto.MarshalOptions{}.MarshalAppend(buf, m)
 	if err != nil {
-		return buf, false, fmt.Errorf("encoding %s: %w", kind, err)
+		return buf[:start], nil, false, fmt.Errorf("encoding %s: %w", kind, err)
 	}
-	return out, false, nil
+	return buf, buf[start:], false, nil
+}
+
+// edited reports whether an edit changes a field.
+func edited(edits []edit) bool {
+	for _, e := range edits {
+		if e.was != e.is {
+			return true
+		}
+	}
+	return false
 }

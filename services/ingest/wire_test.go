@@ -157,14 +157,13 @@ func TestWireValue(t *testing.T) {
 				}
 				canvasser := r.Get(field(m, "canvasser_id")).String()
 				want := marshal(t, m)
-				got, kept, err := encodeRecord([]byte("before"), k.kind, m, raw, edits)
+				buf, got, kept, err := encodeRecord([]byte("before"), k.kind, m, raw, edits)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if string(got[:6]) != "before" {
-					t.Fatalf("encodeRecord overwrote what buf held: %q", got[:6])
+				if string(buf[:6]) != "before" {
+					t.Fatalf("encodeRecord overwrote what buf held: %q", buf[:6])
 				}
-				got = got[6:]
 				if kept != tc.kept {
 					t.Errorf("kept the wire bytes: %v, want %v", kept, tc.kept)
 				}
