@@ -46,6 +46,11 @@ var (
 		Buckets: []float64{0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000},
 	})
 
+	reencodedTotal = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "chapper_ingest_reencoded_records_total",
+		Help: "Records produced that came over gRPC but not in proto.Marshal's form (a default value written out, a field twice, ...), so ingest encoded them again instead of producing the bytes they came in.",
+	})
+
 	dedupWaitsTotal = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "chapper_ingest_dedup_waits_total",
 		Help: "Records whose id was being produced by a concurrent Submit, so this one waited for its outcome.",

@@ -158,8 +158,9 @@ func newWriter(cfg Config, transport *kafka.Transport, log *slog.Logger) *kafka.
 // partitions a 1 ms linger collects about 22 per partition.
 const writerBatchSize = 128
 
-// Register registers s on a gRPC server.
-func (s *Service) Register(r grpc.ServiceRegistrar) { canvassv1.RegisterIngestServiceServer(r, s) }
+// Register registers s on a gRPC server, with a Submit handler that keeps
+// each record's wire bytes (wire.go).
+func (s *Service) Register(r grpc.ServiceRegistrar) { r.RegisterService(&submitDesc, s) }
 
 // Run makes sure every topic of topic.All exists (creating missing ones when
 // configured to), retrying until Kafka answers, then reports ready and serves
@@ -300,7 +301,7 @@ type pending struct {
 // acknowledge within the produce timeout (nothing of that request was
 // reported accepted; a retry is safe).
 func (s *Service) Submit(ctx context.Context, req *canvassv1.SubmitRequest) (*canvassv1.SubmitResponse, error) {
-	resp, err := s.submit(ctx, req)
+	resp, err := s.submit(ctx, req, nil)
 	requestsTotal.WithLabelValues(status.Code(err).String()).Inc()
 	return resp, err
 }
@@ -315,10 +316,11 @@ var schemas = map[topic.Kind][]byte{
 // batch builds one request's results and messages.
 type batch struct {
 	resp    *canvassv1.SubmitResponse
+	results []canvassv1.RecordResult // backs resp.Results: one allocation
 	todo    []pending
 	inBatch map[uuid.UUID]string // id → stamp
 	kinds   []topic.Kind
-	buf     []byte // every value, back to back
+	buf     []byte // the keys, and the values not produced from the wire bytes as they came
 
 	clientID   string // from the request metadata; "" when none
 	receivedAt []byte
@@ -326,15 +328,19 @@ type batch struct {
 	// headers of the last record per kind, reused while the client id
 	// stays the same.
 	lastHeaders map[topic.Kind][]kafka.Header
+	headers     []kafka.Header // backs the records' headers
 	// violations are the rejected records' fields, for the
 	// x-field-violations-bin trailer.
 	violations []*errdetails.BadRequest_FieldViolation
+	reencoded  int // records that came with wire bytes and were encoded again
 }
 
 // add answers one validated record: rejected, duplicate within the batch,
-// or pending production.
-func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvasserID string, rec record, fe *FieldError) error {
-	res := &canvassv1.RecordResult{Id: given}
+// or pending production. wire is the bytes the record came in (nil when
+// unknown) and edits the fields Submit may have changed since.
+func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvasserID string, rec record, fe *FieldError, wire []byte, edits []edit) error {
+	res := &b.results[len(b.resp.Results)]
+	res.Id = given
 	b.resp.Results = append(b.resp.Results, res)
 	b.kinds = append(b.kinds, kind)
 	if fe != nil {
@@ -346,11 +352,16 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 	res.Locality = int64(rec.locality)
 	start := len(b.buf)
 	var err error
-	b.buf, err = proto.MarshalOptions{}.MarshalAppend(b.buf, m)
+	var value []byte
+	var kept bool
+	b.buf, value, kept, err = encodeRecord(b.buf, kind, m, wire, edits)
 	if err != nil {
-		return fmt.Errorf("encoding %s %s: %w", kind, rec.id, err)
+		return fmt.Errorf("%w (record %s)", err, rec.id)
 	}
-	stamp, err := makeStamp(kind, canvasserID, b.buf[start:])
+	if wire != nil && !kept {
+		b.reencoded++
+	}
+	stamp, err := makeStamp(kind, canvasserID, value)
 	if err != nil {
 		return err
 	}
@@ -369,27 +380,56 @@ func (b *batch) add(kind topic.Kind, path, given string, m proto.Message, canvas
 	}
 	h := b.lastHeaders[kind]
 	if h == nil || string(h[1].Value) != cid {
-		h = []kafka.Header{
-			{Key: topic.HeaderSchema, Value: schemas[kind]},
-			{Key: topic.HeaderClientID, Value: []byte(cid)},
-			{Key: topic.HeaderReceivedAt, Value: b.receivedAt},
-			{Key: topic.HeaderTraceID, Value: b.traceID},
-		}
+		// From the batch's own slices: records naming many canvassers
+		// (an operator's) get new headers each.
+		at := len(b.buf)
+		b.buf = append(b.buf, cid...)
+		n := len(b.headers)
+		b.headers = append(b.headers,
+			kafka.Header{Key: topic.HeaderSchema, Value: schemas[kind]},
+			kafka.Header{Key: topic.HeaderClientID, Value: b.buf[at:len(b.buf):len(b.buf)]},
+			kafka.Header{Key: topic.HeaderReceivedAt, Value: b.receivedAt},
+			kafka.Header{Key: topic.HeaderTraceID, Value: b.traceID},
+		)
+		h = b.headers[n:len(b.headers):len(b.headers)]
 		b.lastHeaders[kind] = h
 	}
 	end := len(b.buf)
-	b.buf = strconv.AppendInt(b.buf, int64(rec.locality), 10) // the key, after the value
+	b.buf = strconv.AppendInt(b.buf, int64(rec.locality), 10) // the key
 	b.todo = append(b.todo, pending{result: res, uid: rec.uid, stamp: stamp, path: path, replaces: rec.replaces, msg: kafka.Message{
 		Topic: kind.Topic(),
 		// Full slice expressions: a later append to buf must not write here.
 		Key:     b.buf[end:len(b.buf):len(b.buf)],
-		Value:   b.buf[start:end:end],
+		Value:   value[:len(value):len(value)],
 		Headers: h,
 	}})
 	return nil
 }
 
-func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*canvassv1.SubmitResponse, error) {
+// The paths of the first records of each kind ("visits[3]"), built once:
+// every record carries its path, for reasons it rarely needs.
+var visitsPaths, intentionsPaths, followupsPaths = paths("visits"), paths("intentions"), paths("followups")
+
+func paths(kind string) []string {
+	out := make([]string, 1000)
+	for i := range out {
+		out[i] = kind + "[" + strconv.Itoa(i) + "]"
+	}
+	return out
+}
+
+// recordPath returns the path of record i of kind, from table when it
+// holds it.
+func recordPath(table []string, kind string, i int) string {
+	if i < len(table) {
+		return table[i]
+	}
+	return kind + "[" + strconv.Itoa(i) + "]"
+}
+
+// submit is Submit; wire, when not nil, holds the bytes of each kind's
+// records (wireRequest.wire).
+func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest, wire *[3][][]byte) (*canvassv1.SubmitResponse, error) {
 	n := len(req.GetVisits()) + len(req.GetIntentions()) + len(req.GetFollowups())
 	batchRecords.Observe(float64(n))
 	if n > s.cfg.BatchLimit {
@@ -418,49 +458,76 @@ func (s *Service) submit(ctx context.Context, req *canvassv1.SubmitRequest) (*ca
 
 	v := validator{now: now, maxFuture: s.cfg.MaxFuture}
 	b := &batch{
-		resp:        &canvassv1.SubmitResponse{Results: make([]*canvassv1.RecordResult, 0, n)},
-		todo:        make([]pending, 0, n),
-		inBatch:     make(map[uuid.UUID]string, n),
-		kinds:       make([]topic.Kind, 0, n),
-		buf:         make([]byte, 0, 256*n),
+		resp:    &canvassv1.SubmitResponse{Results: make([]*canvassv1.RecordResult, 0, n)},
+		results: make([]canvassv1.RecordResult, n),
+		todo:    make([]pending, 0, n),
+		inBatch: make(map[uuid.UUID]string, n),
+		kinds:   make([]topic.Kind, 0, n),
+		buf:     make([]byte, 0, 32*n), // keys, client ids; values when edited or encoded
+		headers: make([]kafka.Header, 0, 4*n),
+
 		clientID:    clientID,
 		receivedAt:  now.UTC().AppendFormat(nil, receivedAtLayout),
 		traceID:     []byte(traceID),
 		lastHeaders: make(map[topic.Kind][]kafka.Header, 3),
 	}
 	claims, _ := auth.FromContext(ctx)
+	var wires [3][][]byte
+	if wire != nil {
+		wires = *wire
+	}
+	// recordWire is the bytes of record i of a kind, nil when unknown.
+	recordWire := func(kind, i int) []byte {
+		if wires[kind] == nil {
+			return nil
+		}
+		return wires[kind][i]
+	}
+	var edits [4]edit
+	ed := editables[topic.KindVisits]
 	for i, r := range req.GetVisits() {
 		given := r.GetId()
-		path := "visits[" + strconv.Itoa(i) + "]"
+		edits = [4]edit{{ed.id, given, ""}, {ed.replacesID, r.GetReplacesId(), ""}, {ed.canvasserID, r.GetCanvasserId(), ""}}
+		path := recordPath(visitsPaths, "visits", i)
 		rec, fe := v.visit(path, r)
 		if fe == nil {
 			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
 		}
-		if err := b.add(topic.KindVisits, path, given, r, r.GetCanvasserId(), rec, fe); err != nil {
+		edits[0].is, edits[1].is, edits[2].is = r.GetId(), r.GetReplacesId(), r.GetCanvasserId()
+		if err := b.add(topic.KindVisits, path, given, r, r.GetCanvasserId(), rec, fe, recordWire(0, i), edits[:3]); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
+	ed = editables[topic.KindIntentions]
 	for i, r := range req.GetIntentions() {
 		given := r.GetId()
-		path := "intentions[" + strconv.Itoa(i) + "]"
+		edits = [4]edit{{ed.id, given, ""}, {ed.visitID, r.GetVisitId(), ""}, {ed.replacesID, r.GetReplacesId(), ""}, {ed.canvasserID, r.GetCanvasserId(), ""}}
+		path := recordPath(intentionsPaths, "intentions", i)
 		rec, fe := v.intention(path, r)
 		if fe == nil {
 			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
 		}
-		if err := b.add(topic.KindIntentions, path, given, r, r.GetCanvasserId(), rec, fe); err != nil {
+		edits[0].is, edits[1].is, edits[2].is, edits[3].is = r.GetId(), r.GetVisitId(), r.GetReplacesId(), r.GetCanvasserId()
+		if err := b.add(topic.KindIntentions, path, given, r, r.GetCanvasserId(), rec, fe, recordWire(1, i), edits[:]); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 	}
+	ed = editables[topic.KindFollowups]
 	for i, r := range req.GetFollowups() {
 		given := r.GetId()
-		path := "followups[" + strconv.Itoa(i) + "]"
+		edits = [4]edit{{ed.id, given, ""}, {ed.visitID, r.GetVisitId(), ""}, {ed.replacesID, r.GetReplacesId(), ""}, {ed.canvasserID, r.GetCanvasserId(), ""}}
+		path := recordPath(followupsPaths, "followups", i)
 		rec, fe := v.followup(path, r)
 		if fe == nil {
 			fe = ownRecord(path, claims, &r.CanvasserId, rec.locality)
 		}
-		if err := b.add(topic.KindFollowups, path, given, r, r.GetCanvasserId(), rec, fe); err != nil {
+		edits[0].is, edits[1].is, edits[2].is, edits[3].is = r.GetId(), r.GetVisitId(), r.GetReplacesId(), r.GetCanvasserId()
+		if err := b.add(topic.KindFollowups, path, given, r, r.GetCanvasserId(), rec, fe, recordWire(2, i), edits[:]); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
+	}
+	if b.reencoded > 0 {
+		reencodedTotal.Add(float64(b.reencoded))
 	}
 
 	todo, err := s.checkCorrections(ctx, b, claims)

@@ -58,7 +58,12 @@ var maxFields = map[topic.Kind]int{
 // encoded (its protobuf bytes).
 func makeStamp(kind topic.Kind, canvasser string, encoded []byte) (string, error) {
 	n := maxFields[kind]
-	out := make([]byte, 0, 1+binary.MaxVarintLen64+len(canvasser)+8*(n-1))
+	// Built on the stack when it fits: the string is the one allocation.
+	var room [256]byte
+	out := room[:0]
+	if need := 1 + binary.MaxVarintLen64 + len(canvasser) + 8*(n-1); need > len(room) {
+		out = make([]byte, 0, need)
+	}
 	out = append(out, kindByte[kind])
 	out = binary.AppendUvarint(out, uint64(len(canvasser)))
 	out = append(out, canvasser...)
