@@ -5,7 +5,7 @@
 --       counters hash, records hash, replaced hash; all of one locality,
 --       sharing its hash tag), and on a standalone Redis the id records of
 --       the records whose ids the call claims itself.
--- ARGV: 1 ttl (ms), 2 keep (newest N), then 14 fields per op:
+-- ARGV: 1 ttl (ms), 2 keep (newest N), then 15 fields per op:
 --   +0 k: KEYS[k] .. KEYS[k+4] are the op's locality keys
 --   +1 locality number (the id record's l)
 --   +2 record id ('' when the op only marks +11 replaced here)
@@ -18,6 +18,8 @@
 --   +10 '1' if the id record says the record was replaced already
 --   +11 id this record replaces ('' for none), +12 '1' if that id was
 --      counted in this locality, +13 its kind:value counter field
+--   +14 '1' to refresh the TTLs of the locality's keys (the sink does so
+--      once per TTL/100 per locality, see below)
 -- Returns the number of records counted, or the first error.
 --
 -- Redis does not roll back a script that fails part-way. Every key an op
@@ -28,17 +30,30 @@
 -- of what it wrote. A skipped record changed nothing (its id, if claimed,
 -- says only where it is to count), so once the key is repaired the retried
 -- batch counts it once. A key's type is proven by the reads an op makes
--- anyway (SISMEMBER, HEXISTS, ZCARD, HMGET answer WRONGTYPE on a key of
--- another type), and by TYPE only for a key no read touched before the
+-- anyway (SISMEMBER, HEXISTS, HLEN, ZCARD, HMGET answer WRONGTYPE on a key
+-- of another type), and by TYPE only for a key no read touched before the
 -- op's first write, so that a locality with one or two records in the call
 -- costs few commands more than the records themselves.
+--
+-- TTLs: a locality's five keys get their TTL (PEXPIRE) at the end of a
+-- call that wrote there when +14 asks for it, and each key the call may
+-- have created: all five when the timeline was empty before a ZADD (so
+-- were the records hash and, but for a hand deletion, the seen set), the
+-- replaced hash and the seen set when the replaced hash was written (rare:
+-- corrections), the counters when a counter field was created. A key can
+-- lack its TTL only after a hand deletion, until the sink's next refresh
+-- of the locality (TTL/100 at most) or restart.
 local ttl, keep = ARGV[1], tonumber(ARGV[2])
 local want = {'set', 'zset', 'hash', 'hash', 'hash'}
 -- per locality (by k): the first error found (broken), the keys proven to
 -- be of their type (proven[k][i] for KEYS[k + i]), keys written, counter
--- fields found to be integers, the timeline's size once read, and the
--- counter changes, applied once per field at the end
+-- fields found to be integers with their values then (base; big for one
+-- too large for exact arithmetic in Lua), the timeline's size once read,
+-- the counter changes, applied once per locality at the end, the replaced
+-- ids if the replaced hash was empty at the start (rpAll), and whether the
+-- keys' TTLs are to be set (refresh, fresh)
 local broken, proven, touched, good, card, delta = {}, {}, {}, {}, {}, {}
+local base, big, rpAll, refresh, fresh = {}, {}, {}, {}, {}
 local first, counted = nil, 0
 
 -- badKey is the error of KEYS[k + i] holding another type; it stops every
@@ -86,13 +101,54 @@ local function ready(k)
   return nil
 end
 
+-- replaced answers whether locality k's replaced hash holds id. Most
+-- localities have none: one HLEN per call answers for all their ops.
+local function replaced(k, id)
+  local all = rpAll[k]
+  if all == nil then
+    local n, err = read(k, 4, 'HLEN', KEYS[k + 4])
+    if err then return nil, err end
+    all = false
+    if n == 0 then all = {} end
+    rpAll[k] = all
+  end
+  if all then return all[id] == true end
+  local r, err = read(k, 4, 'HEXISTS', KEYS[k + 4], id)
+  if err then return nil, err end
+  return r == 1
+end
+
+-- created notes that KEYS[k + i] (all five keys of locality k for i =
+-- nil) may have been created by this call, so that it gets its TTL.
+local function created(k, i)
+  if fresh[k] == true then return end
+  if i == nil then
+    fresh[k] = true
+    return
+  end
+  if not fresh[k] then fresh[k] = {} end
+  fresh[k][i] = true
+end
+
+-- markReplaced writes id into locality k's replaced hash, which may create
+-- the hash.
+local function markReplaced(k, id)
+  redis.call('HSET', KEYS[k + 4], id, 1)
+  if rpAll[k] then rpAll[k][id] = true end
+  -- and the seen set, when the op's id is not counted and the timeline
+  -- not read
+  created(k, 4)
+  created(k, 0)
+end
+
 -- badCounters checks the counter fields a and b of locality k (counters
--- hash ct) once per call: our own changes keep them integers.
+-- hash ct) once per call and keeps their values: our own changes keep them
+-- integers.
 local function badCounters(k, ct, a, b)
   local g = good[k]
   if not g then
     g = {}
-    good[k] = g
+    good[k], base[k], big[k] = g, {}, {}
   end
   local need = {}
   if not g[a] then need[#need + 1] = a end
@@ -107,7 +163,16 @@ local function badCounters(k, ct, a, b)
         ' is not an integer below 10^18: ' .. string.format('%q', string.sub(v, 1, 40)))
     end
   end
-  for _, field in ipairs(need) do g[field] = true end
+  for i, field in ipairs(need) do
+    g[field] = true
+    local v = vs[i]
+    if v and #v > 15 then
+      -- beyond the integers a Lua number holds exactly: HINCRBY it
+      big[k][field] = true
+    elseif v then
+      base[k][field] = tonumber(v)
+    end
+  end
   return nil
 end
 
@@ -120,20 +185,54 @@ local function add(k, field, n)
   d[field] = (d[field] or 0) + n
 end
 
+-- An id record is a string: '0 <locality> <kind:value field>', or '1 ...'
+-- (or just '1', the locality unknown) once a correction replaced the id.
+-- Hashes (l, f, r = '1') written by older sinks are read and kept as such
+-- until they expire.
+local function badID(key, t)
+  return redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a string (or a hash)')
+end
+
+-- idFlag returns '1' if id record value v says replaced, '0' if not, or
+-- nil if v is not an id record.
+local function idFlag(v)
+  local f = string.sub(v, 1, 1)
+  if (f == '0' or f == '1') and (#v == 1 or string.sub(v, 2, 2) == ' ') then
+    return f
+  end
+  return nil
+end
+
 -- claim keeps the id record of a record (id.lua's claim) and returns '1'
--- if a correction replaced the record already, or an error.
+-- if a correction replaced the record already, or an error. A new id, the
+-- common case, costs one command; nothing is written to a key that is not
+-- an id record.
 local function claim(key, loc, field)
-  -- HSET on a key of another type fails before it writes anything
-  local r = redis.pcall('HSET', key, 'l', loc, 'f', field)
+  local v = loc .. ' ' .. field
+  local r = redis.pcall('SET', key, '0 ' .. v, 'NX', 'PX', ttl, 'GET')
   if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then
+      return nil, r
+    end
     local t = redis.call('TYPE', key)['ok']
-    return nil, redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a hash')
+    if t ~= 'hash' then
+      return nil, badID(key, t)
+    end
+    redis.call('HSET', key, 'l', loc, 'f', field)
+    redis.call('PEXPIRE', key, ttl)
+    return tostring(redis.call('HEXISTS', key, 'r'))
   end
-  redis.call('PEXPIRE', key, ttl)
-  if redis.call('HEXISTS', key, 'r') == 1 then
-    return '1'
+  if not r then
+    return '0'
   end
-  return '0'
+  -- the id was claimed or replaced before: keep the mark, refresh the rest
+  local flag = idFlag(r)
+  if not flag then
+    return nil, redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a string that is not an id record: ' ..
+      string.format('%q', string.sub(r, 1, 40)))
+  end
+  redis.call('SET', key, flag .. ' ' .. v, 'PX', ttl)
+  return flag
 end
 
 -- apply is record.lua for one op. Its reads come first and prove the
@@ -143,7 +242,8 @@ local function apply(o)
   local k = tonumber(ARGV[o])
   if broken[k] then return broken[k] end
   if not proven[k] then proven[k] = {} end
-  local seen, tl, ct, rec, rp = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  if ARGV[o + 14] == '1' then refresh[k] = true end
+  local seen, tl, ct, rec = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local id, kind, detail, replaces = ARGV[o + 2], ARGV[o + 7], ARGV[o + 8], ARGV[o + 11]
   local wasReplaced = ARGV[o + 10]
   local idk = tonumber(ARGV[o + 9])
@@ -162,16 +262,16 @@ local function apply(o)
   local mayCount = false
   if id ~= '' and wasReplaced ~= '1' then
     local r
-    r, err = read(k, 4, 'HEXISTS', rp, id)
+    r, err = replaced(k, id)
     if err then return err end
-    mayCount = r == 0
+    mayCount = not r
   end
   local mark, uncount = false, false
   if replaces ~= '' and replaces ~= id then
     local r
-    r, err = read(k, 4, 'HEXISTS', rp, replaces)
+    r, err = replaced(k, replaces)
     if err then return err end
-    mark = r == 0
+    mark = not r
     if mark and ARGV[o + 12] == '1' then
       r, err = read(k, 0, 'SISMEMBER', seen, replaces)
       if err then return err end
@@ -211,11 +311,11 @@ local function apply(o)
   touched[k] = true
   if new then
     if not count then
-      redis.call('HSET', rp, id, 1)
+      markReplaced(k, id)
     end
   end
   if mark then
-    redis.call('HSET', rp, replaces, 1)
+    markReplaced(k, replaces)
   end
   if uncount then
     -- The replaced record stops counting and leaves the timeline; a counter
@@ -231,6 +331,11 @@ local function apply(o)
   if count then
     add(k, kind, 1)
     add(k, detail, 1)
+    if card[k] == 0 then
+      -- the timeline and the records hash are created here, and the
+      -- other keys if the locality is new
+      created(k)
+    end
     local n = card[k] + redis.call('ZADD', tl, ARGV[o + 3], id)
     redis.call('HSET', rec, id, ARGV[o + 4])
     if n > keep then
@@ -257,24 +362,52 @@ local function apply(o)
   return nil
 end
 
-for o = 3, #ARGV, 14 do
+for o = 3, #ARGV, 15 do
   local err = apply(o)
   if err and not first then
     first = err
   end
 end
--- The counters, one change per field: a field that ends at 0 after a
--- decrement is deleted, as when each record changed it in turn.
+-- The counters, one HSET (and one HDEL) per locality from the values read
+-- before: a field that ends at 0 is deleted, as when each record changed
+-- it in turn with HINCRBY.
 for k, d in pairs(delta) do
+  local ct, set, del = KEYS[k + 2], {}, {}
   for field, n in pairs(d) do
-    if n ~= 0 and redis.call('HINCRBY', KEYS[k + 2], field, n) == 0 then
-      redis.call('HDEL', KEYS[k + 2], field)
+    if n ~= 0 then
+      local v
+      if big[k][field] then
+        v = redis.call('HINCRBY', ct, field, n)
+      else
+        local b = base[k][field]
+        if not b then
+          -- a new field, perhaps a new hash
+          created(k, 2)
+        end
+        v = (b or 0) + n
+        if v ~= 0 then
+          set[#set + 1] = field
+          set[#set + 1] = string.format('%d', v)
+        end
+      end
+      if v == 0 then
+        del[#del + 1] = field
+      end
     end
+  end
+  if #set > 0 then
+    redis.call('HSET', ct, unpack(set))
+  end
+  if #del > 0 then
+    redis.call('HDEL', ct, unpack(del))
   end
 end
 for k in pairs(touched) do
+  local f = fresh[k]
   for i = 0, 4 do
-    redis.call('PEXPIRE', KEYS[k + i], ttl)
+    if refresh[k] or f == true or (f and f[i]) then
+      redis.call('PEXPIRE', KEYS[k + i], ttl)
+    end
   end
 end
 if first then

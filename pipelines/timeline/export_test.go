@@ -15,3 +15,11 @@ func PerRecord(s *Sink) error {
 	defer cancel()
 	return s.load(ctx)
 }
+
+// SetClock makes s read the time from now when it decides which
+// localities' TTLs are due for a refresh. Call it before the first Write.
+func SetClock(s *Sink, now func() time.Time) { s.ttls.now = now }
+
+// TTLRefreshEvery returns how often s refreshes the TTLs of a locality it
+// keeps writing to.
+func TTLRefreshEvery(s *Sink) time.Duration { return s.ttls.every }

@@ -143,9 +143,11 @@ func must(t testing.TB, err error) {
 	}
 }
 
-// An id record of another type stops the write (the claim's HSET refuses
-// it before writing), on a standalone Redis, where batch.lua claims, and
-// on a cluster, where id.lua does; after the repair the record counts once.
+// An id record of another type, or a string that is not an id record,
+// stops the write before anything is written (the claim's SET NX GET
+// refuses the one and leaves the other as it was), on a standalone Redis,
+// where batch.lua claims, and on a cluster, where id.lua does; after the
+// repair the record counts once.
 func TestBrokenIDRecordIsFatal(t *testing.T) {
 	for _, tt := range []struct {
 		name string
@@ -155,22 +157,38 @@ func TestBrokenIDRecordIsFatal(t *testing.T) {
 		{name: "cluster", env: func(t *testing.T) *env { return clusterEnv(t, timeline.Config{Fixed: true}) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			e := tt.env(t)
-			in := intention("Green", t0)
-			key := timeline.IDKey(e.prefix, "intentions", in.GetId())
-			must(t, e.client.Set(ctxT(t), key, "oops", 0).Err())
-			t.Cleanup(func() { _ = e.client.Del(context.Background(), key).Err() })
-			batch := recs(t, in)
-			err := e.sink.Write(ctxT(t), batch)
-			var fatal *runtime.FatalError
-			if !errors.As(err, &fatal) || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "is a string") {
-				t.Fatalf("Write on a string id record = %v, want a fatal error naming %s", err, key)
-			}
-			must(t, e.client.Del(ctxT(t), key).Err())
-			e.write(t, batch)
-			e.write(t, batch)
-			if st := e.state(t, edLocality); st.counters["intentions:Green"] != 1 || len(st.timeline) != 1 {
-				t.Errorf("after repair: counters %v, %d timeline entries; want counted once", st.counters, len(st.timeline))
+			for _, b := range []struct {
+				typ   string
+				write func(e *env, key string) error
+			}{
+				// id records are strings now, but not this one
+				{typ: "string", write: func(e *env, key string) error { return e.client.Set(ctxT(t), key, "oops", 0).Err() }},
+				{typ: "list", write: func(e *env, key string) error { return e.client.RPush(ctxT(t), key, "oops").Err() }},
+			} {
+				t.Run(b.typ, func(t *testing.T) {
+					e := tt.env(t)
+					in := intention("Green", t0)
+					key := timeline.IDKey(e.prefix, "intentions", in.GetId())
+					must(t, b.write(e, key))
+					t.Cleanup(func() { _ = e.client.Del(context.Background(), key).Err() })
+					batch := recs(t, in)
+					err := e.sink.Write(ctxT(t), batch)
+					var fatal *runtime.FatalError
+					if !errors.As(err, &fatal) || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "is a "+b.typ) {
+						t.Fatalf("Write on a %s id record = %v, want a fatal error naming %s", b.typ, err, key)
+					}
+					if b.typ == "string" {
+						if v := e.client.Get(ctxT(t), key).Val(); v != "oops" {
+							t.Errorf("the broken id record was overwritten with %q", v)
+						}
+					}
+					must(t, e.client.Del(ctxT(t), key).Err())
+					e.write(t, batch)
+					e.write(t, batch)
+					if st := e.state(t, edLocality); st.counters["intentions:Green"] != 1 || len(st.timeline) != 1 {
+						t.Errorf("after repair: counters %v, %d timeline entries; want counted once", st.counters, len(st.timeline))
+					}
+				})
 			}
 		})
 	}

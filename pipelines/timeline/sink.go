@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -58,6 +59,7 @@ type Sink struct {
 	fixed   bool
 	keep    string
 	ttl     string
+	ttls    ttlNotes
 
 	// legacy takes the per-record path (legacy.go), for the benchmark only.
 	legacy    bool
@@ -87,6 +89,7 @@ func New(client redis.UniversalClient, cfg Config) (*Sink, error) {
 		fixed:     cfg.Fixed,
 		keep:      strconv.Itoa(keep),
 		ttl:       strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
+		ttls:      ttlNotes{every: ttl / ttlRefreshes, now: time.Now, last: map[string]time.Time{}},
 		record:    redis.NewScript(recordSource),
 		legacyIDs: redis.NewScript(legacyIDSource),
 	}
@@ -287,6 +290,7 @@ func (s *Sink) writeWhole(ctx context.Context, targets []target, recs []prepared
 	}
 	answers := idAnswers{replies: replies}
 	var calls []call
+	due := s.ttls.round()
 	for _, t := range targets {
 		ops := make([]op, 0, len(recs))
 		for _, r := range recs {
@@ -296,10 +300,13 @@ func (s *Sink) writeWhole(ctx context.Context, targets []target, recs []prepared
 			}
 			ops = appendOps(ops, r, old, true, false)
 		}
-		calls = s.appendBatchCalls(calls, t, ops)
+		calls = s.appendBatchCalls(calls, t, ops, due)
 	}
-	_, err = s.run(ctx, s.batch, calls)
-	return err
+	if _, err := s.run(ctx, s.batch, calls); err != nil {
+		return err
+	}
+	s.ttls.done(due)
+	return nil
 }
 
 // writeByLocality is write on Redis Cluster.
@@ -309,6 +316,7 @@ func (s *Sink) writeByLocality(ctx context.Context, targets []target, recs []pre
 		return err
 	}
 	var calls []call
+	due := s.ttls.round()
 	for _, t := range targets {
 		byLoc := map[int64][]op{}
 		var order []int64
@@ -324,11 +332,14 @@ func (s *Sink) writeByLocality(ctx context.Context, targets []target, recs []pre
 			}
 		}
 		for _, loc := range order {
-			calls = s.appendBatchCalls(calls, t, byLoc[loc])
+			calls = s.appendBatchCalls(calls, t, byLoc[loc], due)
 		}
 	}
-	_, err = s.run(ctx, s.batch, calls)
-	return err
+	if _, err := s.run(ctx, s.batch, calls); err != nil {
+		return err
+	}
+	s.ttls.done(due)
+	return nil
 }
 
 // idRound claims each id (where it counts) and marks what each correction
@@ -410,27 +421,29 @@ func (a *idAnswers) replaced() replaced {
 // appendBatchCalls appends the batch script calls of ops under t, at most
 // maxOps ops each. On Redis Cluster every op of one call is of one
 // locality.
-func (s *Sink) appendBatchCalls(calls []call, t target, ops []op) []call {
+func (s *Sink) appendBatchCalls(calls []call, t target, ops []op, due *ttlRound) []call {
 	for len(ops) > 0 {
 		n := min(len(ops), maxOps)
-		calls = append(calls, s.batchCall(t, ops[:n]))
+		calls = append(calls, s.batchCall(t, ops[:n], due))
 		ops = ops[n:]
 	}
 	return calls
 }
 
 // batchCall builds one batch script call; see batch.lua.
-func (s *Sink) batchCall(t target, ops []op) call {
+func (s *Sink) batchCall(t target, ops []op, due *ttlRound) call {
 	keys := make([]string, 0, 5+len(ops))
-	args := make([]any, 0, 2+14*len(ops))
+	args := make([]any, 0, 2+15*len(ops))
 	args = append(args, s.ttl, s.keep)
 	first := map[int64]int{}
+	refresh := map[int64]string{}
 	for _, o := range ops {
 		k, ok := first[o.loc]
 		if !ok {
 			k = len(keys) + 1
 			first[o.loc] = k
 			keys = append(keys, localityKeys(t.prefix, o.loc)...)
+			refresh[o.loc] = bit(due.due(keys[k-1]))
 		}
 		idk := 0
 		if o.claim && o.id != "" {
@@ -438,9 +451,76 @@ func (s *Sink) batchCall(t target, ops []op) call {
 			idk = len(keys)
 		}
 		args = append(args, k, o.loc, o.id, o.r.score, o.r.body, s.channel(t, o.loc), o.r.entry,
-			o.r.kind, o.r.detail, idk, bit(o.wasReplaced), o.r.replaces, bit(o.replacedHere), o.replacedField)
+			o.r.kind, o.r.detail, idk, bit(o.wasReplaced), o.r.replaces, bit(o.replacedHere), o.replacedField,
+			refresh[o.loc])
 	}
 	return call{keys: keys, args: args}
+}
+
+// ttlRefreshes is how many times per TTL the sink refreshes the TTLs of a
+// locality's keys it keeps writing to: once per TTL/100 (3.4 hours of the
+// default 14 days) instead of five PEXPIREs per locality and script call.
+const ttlRefreshes = 100
+
+// ttlNotes remembers, per locality and prefix (by the locality's seen set
+// key), when this sink last had batch.lua set the TTLs of its keys. A
+// locality not refreshed for every (or never, by this process) is
+// refreshed by its next call; batch.lua also sets the TTLs whenever a call
+// may have created one of the keys, so that a key lacks a TTL only after
+// a hand deletion, for at most every (or until a restart: the notes live
+// in the process). A key written lives at least TTL - every after its last
+// write.
+type ttlNotes struct {
+	every time.Duration
+	now   func() time.Time
+
+	mu     sync.Mutex
+	last   map[string]time.Time
+	pruned time.Time
+}
+
+// ttlRound is the refreshes of one Write, noted once its calls succeeded.
+type ttlRound struct {
+	notes *ttlNotes
+	at    time.Time
+	keys  []string
+}
+
+// round starts the refreshes of one Write.
+func (n *ttlNotes) round() *ttlRound {
+	return &ttlRound{notes: n, at: n.now()}
+}
+
+// due reports whether the locality of seen set key seen is to have its
+// TTLs refreshed by this round's call.
+func (r *ttlRound) due(seen string) bool {
+	n := r.notes
+	n.mu.Lock()
+	last, ok := n.last[seen]
+	n.mu.Unlock()
+	if ok && r.at.Sub(last) < n.every {
+		return false
+	}
+	r.keys = append(r.keys, seen)
+	return true
+}
+
+// done notes the round's refreshes, once its calls succeeded, and forgets
+// the localities whose notes are too old to matter.
+func (n *ttlNotes) done(r *ttlRound) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, k := range r.keys {
+		n.last[k] = r.at
+	}
+	if r.at.Sub(n.pruned) >= n.every {
+		for k, at := range n.last {
+			if r.at.Sub(at) >= n.every {
+				delete(n.last, k)
+			}
+		}
+		n.pruned = r.at
+	}
 }
 
 // localityKeys returns the five keys of a locality in the order the
