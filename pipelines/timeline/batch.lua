@@ -185,54 +185,9 @@ local function add(k, field, n)
   d[field] = (d[field] or 0) + n
 end
 
--- An id record is a string: '0 <locality> <kind:value field>', or '1 ...'
--- (or just '1', the locality unknown) once a correction replaced the id.
--- Hashes (l, f, r = '1') written by older sinks are read and kept as such
--- until they expire.
-local function badID(key, t)
-  return redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a string (or a hash)')
-end
-
--- idFlag returns '1' if id record value v says replaced, '0' if not, or
--- nil if v is not an id record.
-local function idFlag(v)
-  local f = string.sub(v, 1, 1)
-  if (f == '0' or f == '1') and (#v == 1 or string.sub(v, 2, 2) == ' ') then
-    return f
-  end
-  return nil
-end
-
--- claim keeps the id record of a record (id.lua's claim) and returns '1'
--- if a correction replaced the record already, or an error. A new id, the
--- common case, costs one command; nothing is written to a key that is not
--- an id record.
+-- claim keeps the id record of a record (idrecord.lua's claimID).
 local function claim(key, loc, field)
-  local v = loc .. ' ' .. field
-  local r = redis.pcall('SET', key, '0 ' .. v, 'NX', 'PX', ttl, 'GET')
-  if type(r) == 'table' and r.err then
-    if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then
-      return nil, r
-    end
-    local t = redis.call('TYPE', key)['ok']
-    if t ~= 'hash' then
-      return nil, badID(key, t)
-    end
-    redis.call('HSET', key, 'l', loc, 'f', field)
-    redis.call('PEXPIRE', key, ttl)
-    return tostring(redis.call('HEXISTS', key, 'r'))
-  end
-  if not r then
-    return '0'
-  end
-  -- the id was claimed or replaced before: keep the mark, refresh the rest
-  local flag = idFlag(r)
-  if not flag then
-    return nil, redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a string that is not an id record: ' ..
-      string.format('%q', string.sub(r, 1, 40)))
-  end
-  redis.call('SET', key, flag .. ' ' .. v, 'PX', ttl)
-  return flag
+  return claimID(key, ttl, loc, field)
 end
 
 -- apply is record.lua for one op. Its reads come first and prove the

@@ -16,47 +16,11 @@
 -- of another type, so a new id costs one command (the path every record
 -- takes on Redis Cluster); a replace checks the TYPE.
 local key, ttl = KEYS[1], ARGV[2]
-local function badKey(t)
-  return redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a ' .. t .. ', want a string (or a hash)')
-end
-local function notRecord(v)
-  return redis.error_reply('CHAPPER_BADKEY key ' .. key .. ' is a string that is not an id record: ' ..
-    string.format('%q', string.sub(v, 1, 40)))
-end
--- flag returns '1' if id record value v says replaced, '0' if not, or nil
--- if v is not an id record.
-local function flag(v)
-  local f = string.sub(v, 1, 1)
-  if (f == '0' or f == '1') and (#v == 1 or string.sub(v, 2, 2) == ' ') then
-    return f
-  end
-  return nil
-end
-
 if ARGV[1] == 'claim' then
-  local v = ARGV[3] .. ' ' .. ARGV[4]
-  local r = redis.pcall('SET', key, '0 ' .. v, 'NX', 'PX', ttl, 'GET')
-  if type(r) == 'table' and r.err then
-    if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then
-      return r
-    end
-    local t = redis.call('TYPE', key)['ok']
-    if t ~= 'hash' then
-      return badKey(t)
-    end
-    redis.call('HSET', key, 'l', ARGV[3], 'f', ARGV[4])
-    redis.call('PEXPIRE', key, ttl)
-    return redis.call('HEXISTS', key, 'r')
+  local f, err = claimID(key, ttl, ARGV[3], ARGV[4])
+  if err then
+    return err
   end
-  if not r then
-    return 0
-  end
-  -- claimed or replaced before: keep the mark, refresh the rest
-  local f = flag(r)
-  if not f then
-    return notRecord(r)
-  end
-  redis.call('SET', key, f .. ' ' .. v, 'PX', ttl)
   return tonumber(f)
 end
 
@@ -71,11 +35,11 @@ if t == 'none' then
   return {false, false}
 end
 if t ~= 'string' then
-  return badKey(t)
+  return badIDKey(key, t)
 end
 local v = redis.call('GET', key)
-if not flag(v) then
-  return notRecord(v)
+if not idFlag(v) then
+  return notIDRecord(key, v)
 end
 redis.call('SET', key, '1' .. string.sub(v, 2), 'PX', ttl)
 local l, f = string.match(v, '^. (%-?%d+) (.*)$')

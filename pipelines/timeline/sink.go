@@ -34,12 +34,18 @@ var (
 )
 
 // The scripts: batch.lua materialises many records and applies their
-// corrections; id.lua keeps the per-id records.
+// corrections; id.lua keeps the per-id records. Both start with
+// idrecord.lua, the id record's format and claim.
 var (
+	//go:embed idrecord.lua
+	idRecordSource string
 	//go:embed batch.lua
-	batchSource string
+	batchOwn string
 	//go:embed id.lua
-	idSource string
+	idOwn string
+
+	batchSource = idRecordSource + batchOwn
+	idSource    = idRecordSource + idOwn
 )
 
 // Sink writes records to Redis timelines. Write is idempotent: a record id
