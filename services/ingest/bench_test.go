@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -101,15 +102,17 @@ func BenchmarkIngest(b *testing.B) {
 			batches := rawBatches(b, benchRecords/benchBatch)
 			reqs, localReqs := encode(benchRecords), encode(benchRecords)
 			cpu0, start := cpuTime(), time.Now()
-			paced(ctx, b, batches, 0, write)
+			phase("raw", func() { paced(ctx, b, batches, 0, write) })
 			rawRates = append(rawRates, float64(benchRecords)/time.Since(start).Seconds())
 			cpu1, rc0 := cpuTime(), r.redisCPU(b)
-			ingestRates = append(ingestRates, submit(reqs, benchRecords, 0).PerSecond())
+			phase("ingest", func() { ingestRates = append(ingestRates, submit(reqs, benchRecords, 0).PerSecond()) })
 			rawCPU += cpu1 - cpu0
 			cpu2 := cpuTime()
 			ingestCPU += cpu2 - cpu1
 			redisCPU += r.redisCPU(b) - rc0
-			localRates = append(localRates, submitTo(local.addr, localToken, localReqs, benchRecords, 0).PerSecond())
+			phase("auth-limits", func() {
+				localRates = append(localRates, submitTo(local.addr, localToken, localReqs, benchRecords, 0).PerSecond())
+			})
 			localCPU += cpuTime() - cpu2
 		}
 		// CPU time per record of this whole process (producers or clients,
@@ -143,6 +146,16 @@ func BenchmarkIngest(b *testing.B) {
 		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkIngest/ingest-p99-ms-at-7000", Value: ms(lat.Percentile(99)), Unit: "ms",
 			BaselineName: rawName + ", same rate", Baseline: ms(pct(rawLat, 99))})
 	}
+}
+
+// phase runs fn with the pprof label phase=name, so that a -cpuprofile of
+// the benchmark splits by side: the raw producers' goroutines and the
+// ingest clients' carry it (goroutines inherit labels from the one that
+// starts them); the gRPC server's, the broker's and ingest's own writer's
+// do not (they start outside fn), so they show up unlabelled, whatever
+// the phase. go tool pprof -tagfocus phase=raw shows the raw side.
+func phase(name string, fn func()) {
+	pprof.Do(context.Background(), pprof.Labels("phase", name), func(context.Context) { fn() })
 }
 
 // cpuTime returns the CPU time this process used so far.
