@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/chapper/chapper/services/auth"
 	"github.com/chapper/chapper/services/devstack/devtest"
 	"github.com/chapper/chapper/services/loadgen"
+	"google.golang.org/grpc"
 )
 
 // Workload of BenchmarkIngestAuth: the ingest benchmark's clients and
@@ -105,6 +107,7 @@ func startAuthIngest(b *testing.B, brokers string) *authIngest {
 func startAuthOnly(b *testing.B, brokers string, edit ...func(*Config)) (*running, string) {
 	b.Helper()
 	opts, is := testAuth(b)
+	opts = append(opts, benchServerOptions()...)
 	edit = append(edit, func(c *Config) { c.RatePerCanvasser, c.RateBurst = 1e9, 1e6 })
 	r := startIngestWith(b, brokers, opts, edit...)
 	token, err := is.Issue("bench-operator", auth.RoleOperator, time.Hour, nil)
@@ -112,6 +115,24 @@ func startAuthOnly(b *testing.B, brokers string, edit ...func(*Config)) (*runnin
 		b.Fatal(err)
 	}
 	return r, token
+}
+
+// benchServerOptions returns, with CHAPPER_BENCH_GRPC_TUNED=1, gRPC
+// server options that services/server does not set today, to measure
+// what they would give ingest: stream workers (a Submit runs on a
+// goroutine whose stack already grew, instead of a fresh one per call), a
+// shared write buffer and larger flow-control windows. Without the knob
+// the benchmark's server is production's.
+func benchServerOptions() []grpc.ServerOption {
+	if os.Getenv("CHAPPER_BENCH_GRPC_TUNED") != "1" {
+		return nil
+	}
+	return []grpc.ServerOption{
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		grpc.SharedWriteBuffer(true),
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(1 << 20),
+	}
 }
 
 // redisCPU returns the CPU time the id store's redis-server used so far.
