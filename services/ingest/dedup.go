@@ -50,6 +50,13 @@ func newRecent(size int) *recent {
 
 // get returns id's stamp when id is in the set, refreshing it.
 func (r *recent) get(id uuid.UUID) (string, bool) {
+	if len(r.cur) == 0 && len(r.prev) == 0 {
+		// With the shared id store on, the set holds only the ids the store
+		// failed to record: nearly always none. cur is allocated for half
+		// the capacity, and probing that empty table for every id missed
+		// the cache.
+		return "", false
+	}
 	if v, ok := r.cur[id]; ok {
 		return v, true
 	}
