@@ -3,6 +3,7 @@ package ingest
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -232,32 +233,19 @@ func checkOptionalText(path, field, s string, max int, multiline bool) *FieldErr
 	if s == "" {
 		return nil
 	}
-	// One pass over s (it was four: UTF-8, length, blank, control
-	// characters), answering in that order of checks as before.
-	n, blank := 0, true
-	control := rune(-1) // the first control character not allowed
-	for i := 0; i < len(s); n++ {
-		c, size := rune(s[i]), 1
-		if c >= utf8.RuneSelf {
-			if c, size = utf8.DecodeRuneInString(s[i:]); c == utf8.RuneError && size == 1 {
-				return fieldError(path, field, "must be valid UTF-8")
-			}
-		}
-		i += size
-		if blank && !unicode.IsSpace(c) {
-			blank = false
-		}
-		if control < 0 && unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\r' || c == '\t')) {
-			control = c
-		}
+	if !utf8.ValidString(s) {
+		return fieldError(path, field, "must be valid UTF-8")
 	}
-	switch {
-	case n > max:
+	if n := utf8.RuneCountInString(s); n > max {
 		return fieldError(path, field, "must be at most %d characters, got %d", max, n)
-	case blank:
+	}
+	if strings.TrimSpace(s) == "" {
 		return fieldError(path, field, "must not be blank")
-	case control >= 0:
-		return fieldError(path, field, "must not contain control characters, got %U", control)
+	}
+	for _, c := range s {
+		if unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\r' || c == '\t')) {
+			return fieldError(path, field, "must not contain control characters, got %U", c)
+		}
 	}
 	return nil
 }

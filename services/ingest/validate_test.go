@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"google.golang.org/protobuf/proto"
@@ -285,69 +283,4 @@ func TestValidateLocality(t *testing.T) {
 			}
 		})
 	}
-}
-
-// checkTextFourPasses is checkOptionalText as it was before the one-pass
-// loop: the reference it must answer exactly like.
-func checkTextFourPasses(path, field, s string, max int, multiline bool) *FieldError {
-	if s == "" {
-		return nil
-	}
-	if !utf8.ValidString(s) {
-		return fieldError(path, field, "must be valid UTF-8")
-	}
-	if n := utf8.RuneCountInString(s); n > max {
-		return fieldError(path, field, "must be at most %d characters, got %d", max, n)
-	}
-	if strings.TrimSpace(s) == "" {
-		return fieldError(path, field, "must not be blank")
-	}
-	for _, c := range s {
-		if unicode.IsControl(c) && !(multiline && (c == '\n' || c == '\r' || c == '\t')) {
-			return fieldError(path, field, "must not contain control characters, got %U", c)
-		}
-	}
-	return nil
-}
-
-func sameFieldError(a, b *FieldError) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return *a == *b
-}
-
-// TestCheckTextOnePass checks checkOptionalText against the four-pass
-// reference on tricky strings: invalid UTF-8 after a control character or
-// past the length limit, surrogates, U+FFFD itself, C1 controls, Unicode
-// spaces only, line breaks with and without multiline.
-func TestCheckTextOnePass(t *testing.T) {
-	cases := []string{
-		"", " ", "\t\n", "a", "ab\x00", "\x00", "\u00a0\u2003", "\u0085", "a\u0085b",
-		"abc\xff", "\x01\xff", "ééé", "\xed\xa0\x80", "\ufffd", "x\ufffd", "tab\there",
-		"line\nbreak", "crlf\r\n", "\x7f", strings.Repeat("é", 5), strings.Repeat("a", 4) + "\xc3",
-		"  \u3000 ", "日本語", "\xf0\x9f\x98\x80", "\xf0\x9f\x98",
-	}
-	for _, s := range cases {
-		for _, ml := range []bool{false, true} {
-			for _, max := range []int{3, 4, 100} {
-				got, want := checkOptionalText("visits[0]", "notes", s, max, ml), checkTextFourPasses("visits[0]", "notes", s, max, ml)
-				if !sameFieldError(got, want) {
-					t.Errorf("checkOptionalText(%q, max %d, multiline %v) = %v, want %v", s, max, ml, got, want)
-				}
-			}
-		}
-	}
-}
-
-func FuzzCheckTextOnePass(f *testing.F) {
-	for _, s := range []string{"a", " \t", "é\x00", "\xff", "\u0085\u00a0"} {
-		f.Add(s, 4, true)
-	}
-	f.Fuzz(func(t *testing.T, s string, max int, ml bool) {
-		got, want := checkOptionalText("p", "f", s, max, ml), checkTextFourPasses("p", "f", s, max, ml)
-		if !sameFieldError(got, want) {
-			t.Errorf("checkOptionalText(%q, max %d, multiline %v) = %v, want %v", s, max, ml, got, want)
-		}
-	})
 }
