@@ -56,6 +56,19 @@ func TestScorchEnv(t *testing.T) {
 	if s.cfg.Scorch != DefaultScorchOptions() {
 		t.Errorf("%s unset gave %+v, want %+v", ScorchEnv, s.cfg.Scorch, DefaultScorchOptions())
 	}
+	t.Setenv(ScorchEnv, `{"MergePlan":{"MaxSegmentsPerTier":20},"Persister":{"PersisterNapTimeMSec":5}}`)
+	s = startServer(t, "")
+	want := DefaultScorchOptions()
+	want.MergePlan.MaxSegmentsPerTier, want.Persister.PersisterNapTimeMSec = 20, 5
+	if s.cfg.Scorch != want {
+		t.Errorf("%s as JSON gave %+v, want %+v", ScorchEnv, s.cfg.Scorch, want)
+	}
+	for _, bad := range []string{`{"MergePlan":{"MaxSegmentsPerTeir":20}}`, `{"MergePlan":{"TierGrowth":0.5}}`} {
+		t.Setenv(ScorchEnv, bad)
+		if _, err := New(Config{DataDir: t.TempDir(), Addr: "127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), ScorchEnv) {
+			t.Errorf("New with %s=%s: got %v, want an error naming %s", ScorchEnv, bad, err, ScorchEnv)
+		}
+	}
 }
 
 // scorchStat reads a counter of index's scorch stats.
