@@ -29,7 +29,8 @@ type BaselineDoc struct {
 // the server's writes. It is tuned as far as Bleve's mapping allows: no
 // composite _all field, no term vectors, no stored fields but the source,
 // which is stored once, doc values only on the types the server sorts and
-// aggregates (keywords, numbers, dates, booleans). A benchmark loads it
+// aggregates (keywords, numbers, dates, booleans), and the server's scorch
+// merge and persister options. A benchmark loads it
 // in turns with the server (Load), so that the machine's load touches
 // both alike.
 type BleveBaseline struct {
@@ -37,8 +38,21 @@ type BleveBaseline struct {
 }
 
 // NewBleveBaseline creates the baseline's index under dir for esMapping
-// (an Elasticsearch mapping with properties).
+// (an Elasticsearch mapping with properties), with the scorch options a
+// server gets from a Config without any (ScorchEnv).
 func NewBleveBaseline(dir string, esMapping []byte) (*BleveBaseline, error) {
+	o, err := scorchFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	return NewBleveBaselineWith(dir, esMapping, o)
+}
+
+// NewBleveBaselineWith is NewBleveBaseline with the given scorch options.
+func NewBleveBaselineWith(dir string, esMapping []byte, o ScorchOptions) (*BleveBaseline, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	var m struct {
 		Properties map[string]struct {
 			Type string `json:"type"`
@@ -79,7 +93,7 @@ func NewBleveBaseline(dir string, esMapping []byte) (*BleveBaseline, error) {
 	src.Index, src.Store, src.IncludeInAll, src.IncludeTermVectors, src.DocValues = false, true, false, false, false
 	dm.AddFieldMappingsAt("_source", src)
 	im.DefaultMapping = dm
-	idx, err := bleve.NewUsing(filepath.Join(dir, "baseline"), im, scorch.Name, scorch.Name, nil)
+	idx, err := bleve.NewUsing(filepath.Join(dir, "baseline"), im, scorch.Name, scorch.Name, o.kvConfig())
 	if err != nil {
 		return nil, err
 	}

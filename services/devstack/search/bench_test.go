@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -86,6 +87,37 @@ func loadServer(b testing.TB, url, index string, d benchData) time.Duration {
 	return time.Since(start)
 }
 
+// processCPU is the process's user and system CPU time so far.
+func processCPU(b testing.TB) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// settle waits until the process is idle (under 2 ms of CPU in 100 ms:
+// scorch has persisted and merged what it was given, so the CPU of a
+// turn's background merges is counted in that turn, not the next), at
+// most 30 s, and returns processCPU.
+func settle(b testing.TB) time.Duration {
+	b.Helper()
+	last := processCPU(b)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		now := processCPU(b)
+		if now-last < 2*time.Millisecond {
+			return now
+		}
+		last = now
+	}
+	return last
+}
+
+// usPerDoc is cpu divided over n documents, in microseconds.
+func usPerDoc(cpu time.Duration, n int) float64 { return float64(cpu.Microseconds()) / float64(n) }
+
 // rate is documents per second of n documents loaded in d.
 func rate(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
 
@@ -128,12 +160,14 @@ func BenchmarkBulkIndexing(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var tServer, tRaw time.Duration
+		var tServer, tRaw, cpuServer, cpuRaw time.Duration
 		for i := 0; i < len(d.docs); i += chunk {
 			end := min(i+chunk, len(d.docs))
 			for k := range 2 {
+				cpu0 := processCPU(b)
 				if (i/chunk+k)%2 == 0 {
 					tServer += loadServer(b, s.URL(), "canvass-intentions-2026.11", benchData{ids: d.ids[i:end], docs: d.docs[i:end]})
+					cpuServer += settle(b) - cpu0
 					continue
 				}
 				took, err := bb.Load(all[i:end], benchBatch, benchWorkers)
@@ -141,6 +175,7 @@ func BenchmarkBulkIndexing(b *testing.B) {
 					b.Fatal(err)
 				}
 				tRaw += took
+				cpuRaw += settle(b) - cpu0
 			}
 		}
 		if err := bb.Close(); err != nil {
@@ -149,9 +184,14 @@ func BenchmarkBulkIndexing(b *testing.B) {
 		server, raw := rate(len(d.docs), tServer), rate(len(d.docs), tRaw)
 		b.ReportMetric(server, "docs/s")
 		b.ReportMetric(raw, "raw-bleve-docs/s")
+		cpuDoc, rawCPUDoc := usPerDoc(cpuServer, len(d.docs)), usPerDoc(cpuRaw, len(d.docs))
+		b.ReportMetric(cpuDoc, "cpu-us/doc")
+		b.ReportMetric(rawCPUDoc, "raw-bleve-cpu-us/doc")
 		if ReportFigure != nil {
 			ReportFigure(b, "BenchmarkBulkIndexing/bulk-docs-per-s", "docs/s", server,
 				fmt.Sprintf("Bleve batch indexing, same documents, mapping and batches of %d, %d workers", benchBatch, benchWorkers), raw, ">=25000")
+			ReportFigure(b, "BenchmarkBulkIndexing/cpu-us-per-doc", "µs", cpuDoc,
+				fmt.Sprintf("process CPU of Bleve batch indexing, same documents, batches and scorch options (%s=%q), each side's turns until its merges are done", ScorchEnv, os.Getenv(ScorchEnv)), rawCPUDoc, "")
 		}
 	}
 }

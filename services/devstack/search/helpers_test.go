@@ -44,10 +44,17 @@ func TestMain(m *testing.M) {
 // directory when empty) and stops it when the test ends.
 func startServer(t testing.TB, dir string) *Server {
 	t.Helper()
+	return startServerWith(t, dir, ScorchOptions{})
+}
+
+// startServerWith is startServer with the given scorch options (the zero
+// value: the ones ScorchEnv picks).
+func startServerWith(t testing.TB, dir string, o ScorchOptions) *Server {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	s, err := New(Config{DataDir: dir, Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	s, err := New(Config{DataDir: dir, Addr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler), Scorch: o})
 	if err != nil {
 		t.Fatalf("starting search server: %v", err)
 	}

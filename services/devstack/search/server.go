@@ -57,6 +57,10 @@ type Config struct {
 	Addr string
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Scorch are the Bleve merge and persister settings of every index;
+	// the zero value means the ones ScorchEnv picks (DefaultScorchOptions
+	// unless it says otherwise).
+	Scorch ScorchOptions
 }
 
 // RegisterFlags registers the configuration flags under prefix (for
@@ -64,6 +68,7 @@ type Config struct {
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, prefix+".data-dir", "var/search", "Directory holding the embedded search server's indexes and state.")
 	fs.StringVar(&c.Addr, prefix+".addr", "127.0.0.1:19200", "Listen address of the embedded search server (Elasticsearch REST API subset); port 0 picks a free port.")
+	c.Scorch.RegisterFlags(prefix+".scorch", fs)
 }
 
 // Sentinel configuration errors.
@@ -87,6 +92,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Addr == "" {
 		return ErrNoAddr
+	}
+	if c.Scorch != (ScorchOptions{}) {
+		return c.Scorch.Validate()
 	}
 	return nil
 }
@@ -125,6 +133,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Scorch == (ScorchOptions{}) {
+		o, err := scorchFromEnv()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Scorch = o
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating search data directory %s: %w", cfg.DataDir, err)

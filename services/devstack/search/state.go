@@ -277,7 +277,7 @@ func (s *Server) openIndex(is indexState) (*esIndex, error) {
 	if eerr != nil {
 		return nil, fmt.Errorf("parsing stored mapping of index %s: %w", is.Name, eerr)
 	}
-	bi, err := bleve.OpenUsing(dir, nil)
+	bi, err := bleve.OpenUsing(dir, s.cfg.Scorch.kvConfig())
 	if err != nil {
 		return nil, fmt.Errorf("opening index %s in %s: %w", is.Name, dir, err)
 	}
@@ -689,7 +689,7 @@ func (s *Server) createIndex(name string, spec *indexSpec, allowExisting bool) (
 	settings["index.creation_date"] = strconv.FormatInt(is.Created, 10)
 	settings["index.provided_name"] = name
 	dir := filepath.Join(s.cfg.DataDir, "indices", is.UUID)
-	bi, err := bleve.NewUsing(dir, newBleveMapping(), scorch.Name, scorch.Name, nil)
+	bi, err := bleve.NewUsing(dir, newBleveMapping(), scorch.Name, scorch.Name, s.cfg.Scorch.kvConfig())
 	if err != nil {
 		s.mu.Unlock()
 		return nil, newError(http.StatusInternalServerError, "exception", "creating index %s: %v", name, err)
