@@ -258,6 +258,27 @@ func launch(ctx context.Context, cmd *exec.Cmd, spec launchSpec) (*child, error)
 	return proc, nil
 }
 
+// pollReady calls try every 10 ms until it reports the server ready (a
+// nil error), fails for good (retry false), proc exits or ctx ends.
+func pollReady(ctx context.Context, proc *child, name string, try func() (retry bool, err error)) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if proc.exited() {
+			return fmt.Errorf("%s exited during start-up: %v", name, proc.err)
+		}
+		retry, err := try()
+		if err == nil || !retry {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s to answer (last: %v): %w", name, err, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 // stopLaunched stops the child *proc (sig, then SIGKILL after
 // stopTimeout) and clears *proc; it does nothing when *proc is nil.
 func stopLaunched(proc **child, sig syscall.Signal, name, addr string, log *slog.Logger) error {

@@ -157,35 +157,25 @@ func (r *Redis) startLocked(ctx context.Context) error {
 func (r *Redis) waitReady(ctx context.Context, proc *child) error {
 	c := redis.NewClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, MaxRetries: -1, PoolSize: 1})
 	defer c.Close()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	var lastErr error
-	for {
-		if proc.exited() {
-			return fmt.Errorf("redis-server exited during start-up: %v", proc.err)
-		}
+	return pollReady(ctx, proc, "redis-server", func() (bool, error) {
 		// Dial first: go-redis logs every refused dial of its pool.
-		if lastErr = dialOnce(ctx, r.Addr()); lastErr == nil {
-			lastErr = c.Ping(ctx).Err()
+		if err := dialOnce(ctx, r.Addr()); err != nil {
+			return true, err
 		}
-		if lastErr == nil {
-			dir, err := c.ConfigGet(ctx, "dir").Result()
-			if err != nil {
-				return fmt.Errorf("asking for the data directory: %w", err)
-			}
-			a, errA := os.Stat(dir["dir"])
-			b, errB := os.Stat(r.dir)
-			if errA != nil || errB != nil || !os.SameFile(a, b) {
-				return fmt.Errorf("the server on %s serves %s, not %s", r.Addr(), dir["dir"], r.dir)
-			}
-			return nil
+		if err := c.Ping(ctx).Err(); err != nil {
+			return true, err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for redis-server to answer (last: %v): %w", lastErr, ctx.Err())
-		case <-tick.C:
+		dir, err := c.ConfigGet(ctx, "dir").Result()
+		if err != nil {
+			return false, fmt.Errorf("asking for the data directory: %w", err)
 		}
-	}
+		a, errA := os.Stat(dir["dir"])
+		b, errB := os.Stat(r.dir)
+		if errA != nil || errB != nil || !os.SameFile(a, b) {
+			return false, fmt.Errorf("the server on %s serves %s, not %s", r.Addr(), dir["dir"], r.dir)
+		}
+		return false, nil
+	})
 }
 
 // dialOnce reports whether a TCP connection to addr succeeds.

@@ -133,25 +133,12 @@ func (s *Stack) waitSearchHTTP(ctx context.Context, proc *child) error {
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: time.Second}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	var lastErr error
-	for {
-		if proc.exited() {
-			return fmt.Errorf("the search server exited during start-up: %v", proc.err)
+	return pollReady(ctx, proc, "the search server", func() (bool, error) {
+		if err := dialOnce(ctx, s.searchDialAddr()); err != nil {
+			return true, err
 		}
-		if lastErr = dialOnce(ctx, s.searchDialAddr()); lastErr == nil {
-			lastErr = getOK(ctx, c, s.searchURL()+"/")
-		}
-		if lastErr == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the search server to answer (last: %v): %w", lastErr, ctx.Err())
-		case <-tick.C:
-		}
-	}
+		return true, getOK(ctx, c, s.searchURL()+"/")
+	})
 }
 
 // getOK reports whether GET url answers 200.
