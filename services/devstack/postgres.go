@@ -204,12 +204,6 @@ func (p *Postgres) startLocked(ctx context.Context) error {
 	if err := p.clearLeftovers(); err != nil {
 		return err
 	}
-	logPath := filepath.Join(p.dir, postgresLog)
-	logf, err := openLog(logPath, p.user)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	args := []string{"-D", p.dir,
 		"-c", "listen_addresses=" + listenHost(p.host),
 		"-c", "port=" + strconv.Itoa(p.port),
@@ -223,17 +217,14 @@ func (p *Postgres) startLocked(ctx context.Context) error {
 	cmd := exec.Command(filepath.Join(PostgresBinDir, "postgres"), args...)
 	cmd.Dir = "/"
 	cmd.Env = serverEnv()
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = childAttr(p.user, p.cfg.DieWithParent, syscall.SIGINT)
-	proc, err := startChild(cmd)
-	if err != nil {
-		return fmt.Errorf("starting postgres: %w", err)
-	}
 	start := time.Now()
-	if err := p.waitReady(ctx, proc); err != nil {
-		_ = proc.stop(syscall.SIGINT, 10*time.Second)
-		return withLogTail(fmt.Errorf("starting postgres on %s (data %s): %w", p.Addr(), p.dir, err), logPath)
+	proc, err := launch(ctx, cmd, launchSpec{
+		name: "postgres", addr: p.Addr(), dir: p.dir, logPath: filepath.Join(p.dir, postgresLog), user: p.user,
+		dieWithParent: p.cfg.DieWithParent, deathSig: syscall.SIGINT,
+		ready: p.waitReady,
+	})
+	if err != nil {
+		return err
 	}
 	p.proc = proc
 	p.log.Info("postgres started", "addr", p.Addr(), "data_dir", p.dir, "pid", proc.pid(), "took", time.Since(start).Round(time.Millisecond))
@@ -452,16 +443,7 @@ func (p *Postgres) Stop() error {
 }
 
 func (p *Postgres) stopLocked() error {
-	if p.proc == nil {
-		return nil
-	}
-	proc := p.proc
-	p.proc = nil
-	if err := proc.stop(syscall.SIGINT, stopTimeout); err != nil {
-		return fmt.Errorf("stopping postgres: %w", err)
-	}
-	p.log.Info("postgres stopped", "addr", p.Addr())
-	return nil
+	return stopLaunched(&p.proc, syscall.SIGINT, "postgres", p.Addr(), p.log)
 }
 
 // Start starts the server again after Stop (or after it died), on the same

@@ -2,6 +2,7 @@ package devstack
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -211,6 +212,144 @@ func startChild(cmd *exec.Cmd) (*child, error) {
 		close(c.done)
 	}()
 	return c, nil
+}
+
+// launchSpec says how to start one server child: launch appends its
+// output to logPath, starts it as user (dying with this process on deathSig
+// when dieWithParent), lowers its CPU priority to nice when not 0, and
+// waits for ready.
+type launchSpec struct {
+	name          string // for messages: "redis-server", "postgres"
+	addr, dir     string // the listen address and data directory, for messages
+	logPath       string
+	user          *runUser
+	dieWithParent bool
+	deathSig      syscall.Signal // also the signal that stops a child that failed to get ready
+	nice          int
+	ready         func(ctx context.Context, proc *child) error
+}
+
+// launch starts cmd as spec says and returns the child once it is ready.
+// A child that does not get ready is stopped, and the error carries the
+// tail of its log.
+func launch(ctx context.Context, cmd *exec.Cmd, spec launchSpec) (*child, error) {
+	logf, err := openLog(spec.logPath, spec.user)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = childAttr(spec.user, spec.dieWithParent, spec.deathSig)
+	proc, err := startChild(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("starting %s: %w", spec.name, err)
+	}
+	if spec.nice != 0 {
+		err = renice(proc.pid(), spec.nice)
+	}
+	if err == nil {
+		err = spec.ready(ctx, proc)
+	}
+	if err != nil {
+		_ = proc.stop(spec.deathSig, 10*time.Second)
+		return nil, withLogTail(fmt.Errorf("starting %s on %s (data %s): %w", spec.name, spec.addr, spec.dir, err), spec.logPath)
+	}
+	return proc, nil
+}
+
+// pollReady calls try every 10 ms until it reports the server ready (a
+// nil error), fails for good (retry false), proc exits or ctx ends.
+func pollReady(ctx context.Context, proc *child, name string, try func() (retry bool, err error)) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if proc.exited() {
+			return fmt.Errorf("%s exited during start-up: %v", name, proc.err)
+		}
+		retry, err := try()
+		if err == nil || !retry {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s to answer (last: %v): %w", name, err, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// stopLaunched stops the child *proc (sig, then SIGKILL after
+// stopTimeout) and clears *proc; it does nothing when *proc is nil.
+func stopLaunched(proc **child, sig syscall.Signal, name, addr string, log *slog.Logger) error {
+	if *proc == nil {
+		return nil
+	}
+	p := *proc
+	*proc = nil
+	if err := p.stop(sig, stopTimeout); err != nil {
+		return fmt.Errorf("stopping %s: %w", name, err)
+	}
+	log.Info(name+" stopped", "addr", addr)
+	return nil
+}
+
+// renice sets the nice value of every thread of process pid. Linux keeps
+// the value per thread and a new thread inherits its creator's, so the
+// threads are set over and over until a pass finds none left to change: a
+// thread cloned from one not yet set existed before its creator was set,
+// and the next pass sees it.
+func renice(pid, nice int) error {
+	for {
+		tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return fmt.Errorf("listing the threads of pid %d: %w", pid, err)
+		}
+		changed := false
+		for _, t := range tids {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil || threadNice(pid, tid) == nice {
+				continue
+			}
+			// a thread may end between the listing and here
+			if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("setting nice %d on pid %d: %w", nice, pid, err)
+			}
+			changed = true
+		}
+		if !changed {
+			return nil
+		}
+	}
+}
+
+// threadNice returns the nice value of thread tid of process pid (field 19
+// of its stat), or an impossible 100 when it cannot be read.
+func threadNice(pid, tid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	if err != nil {
+		return 100
+	}
+	n, err := statNice(stat)
+	if err != nil {
+		return 100
+	}
+	return n
+}
+
+// statNice returns the nice value (field 19) of a /proc stat line.
+func statNice(stat []byte) (int, error) {
+	// The fields after the parenthesised command name (field 2) are
+	// space-separated; field 3, the state, comes first.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name in stat")
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 17 {
+		return 0, fmt.Errorf("stat has %d fields after the command name, want at least 17", len(fields))
+	}
+	return strconv.Atoi(fields[16])
 }
 
 // pid returns the child's process id.

@@ -121,11 +121,6 @@ func (r *Redis) startLocked(ctx context.Context) error {
 		// a dead or reused pid from being mistaken for ours later.
 		_ = os.Remove(r.pidPath())
 	}
-	logf, err := openLog(r.logPath(), nil)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	bind := r.host
 	if bind == "" {
 		bind = "* -::*"
@@ -144,17 +139,13 @@ func (r *Redis) startLocked(ctx context.Context) error {
 	)
 	cmd.Args = append(cmd.Args, r.cfg.Extra...)
 	cmd.Dir = r.dir
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = childAttr(nil, r.cfg.DieWithParent, syscall.SIGTERM)
-	proc, err := startChild(cmd)
-	if err != nil {
-		return fmt.Errorf("starting redis-server: %w", err)
-	}
 	start := time.Now()
-	if err := r.waitReady(ctx, proc); err != nil {
-		_ = proc.stop(syscall.SIGTERM, 10*time.Second)
-		return withLogTail(fmt.Errorf("starting redis-server on %s (data %s): %w", r.Addr(), r.dir, err), r.logPath())
+	proc, err := launch(ctx, cmd, launchSpec{
+		name: "redis-server", addr: r.Addr(), dir: r.dir, logPath: r.logPath(), dieWithParent: r.cfg.DieWithParent, deathSig: syscall.SIGTERM,
+		ready: r.waitReady,
+	})
+	if err != nil {
+		return err
 	}
 	r.proc = proc
 	r.log.Info("redis-server started", "addr", r.Addr(), "data_dir", r.dir, "pid", proc.pid(), "took", time.Since(start).Round(time.Millisecond))
@@ -166,35 +157,25 @@ func (r *Redis) startLocked(ctx context.Context) error {
 func (r *Redis) waitReady(ctx context.Context, proc *child) error {
 	c := redis.NewClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, MaxRetries: -1, PoolSize: 1})
 	defer c.Close()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	var lastErr error
-	for {
-		if proc.exited() {
-			return fmt.Errorf("redis-server exited during start-up: %v", proc.err)
-		}
+	return pollReady(ctx, proc, "redis-server", func() (bool, error) {
 		// Dial first: go-redis logs every refused dial of its pool.
-		if lastErr = dialOnce(ctx, r.Addr()); lastErr == nil {
-			lastErr = c.Ping(ctx).Err()
+		if err := dialOnce(ctx, r.Addr()); err != nil {
+			return true, err
 		}
-		if lastErr == nil {
-			dir, err := c.ConfigGet(ctx, "dir").Result()
-			if err != nil {
-				return fmt.Errorf("asking for the data directory: %w", err)
-			}
-			a, errA := os.Stat(dir["dir"])
-			b, errB := os.Stat(r.dir)
-			if errA != nil || errB != nil || !os.SameFile(a, b) {
-				return fmt.Errorf("the server on %s serves %s, not %s", r.Addr(), dir["dir"], r.dir)
-			}
-			return nil
+		if err := c.Ping(ctx).Err(); err != nil {
+			return true, err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for redis-server to answer (last: %v): %w", lastErr, ctx.Err())
-		case <-tick.C:
+		dir, err := c.ConfigGet(ctx, "dir").Result()
+		if err != nil {
+			return false, fmt.Errorf("asking for the data directory: %w", err)
 		}
-	}
+		a, errA := os.Stat(dir["dir"])
+		b, errB := os.Stat(r.dir)
+		if errA != nil || errB != nil || !os.SameFile(a, b) {
+			return false, fmt.Errorf("the server on %s serves %s, not %s", r.Addr(), dir["dir"], r.dir)
+		}
+		return false, nil
+	})
 }
 
 // dialOnce reports whether a TCP connection to addr succeeds.
@@ -227,16 +208,7 @@ func (r *Redis) Stop() error {
 }
 
 func (r *Redis) stopLocked() error {
-	if r.proc == nil {
-		return nil
-	}
-	proc := r.proc
-	r.proc = nil
-	if err := proc.stop(syscall.SIGTERM, stopTimeout); err != nil {
-		return fmt.Errorf("stopping redis-server: %w", err)
-	}
-	r.log.Info("redis-server stopped", "addr", r.Addr())
-	return nil
+	return stopLaunched(&r.proc, syscall.SIGTERM, "redis-server", r.Addr(), r.log)
 }
 
 // Start starts the server again after Stop (or after it died), on the same

@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"github.com/chapper/chapper/services/devstack/search"
 )
@@ -38,6 +40,18 @@ type StackConfig struct {
 	// is written to its files before the ack, which a process crash cannot
 	// undo; only a power cut can lose the last moments.
 	KafkaFsync bool
+	// SearchProcess runs the search server as a child process
+	// (SearchCommand) at nice SearchNice instead of inside this process,
+	// so that the parts that acknowledge records get the CPU before
+	// indexing does. Stack.Search is then nil: use Stack.SearchAddr.
+	SearchProcess bool
+	// SearchNice is the search child's nice value, 0 (as this process) to
+	// 19 (only idle CPU); with SearchProcess only.
+	SearchNice int
+	// SearchCommand is the search child's command line before its flags;
+	// nil runs this executable with the argument SearchServerCommand
+	// (chapper and test binaries run through devtest.Main answer it).
+	SearchCommand []string
 	// Logger receives the servers' start/stop events; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -45,7 +59,7 @@ type StackConfig struct {
 
 // RegisterFlags registers the stack's flags under prefix, e.g. dev.dir,
 // dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions,
-// dev.kafka-fsync.
+// dev.kafka-fsync, dev.search-process, dev.search-nice.
 func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/, search/); kept across runs.")
 	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
@@ -54,6 +68,8 @@ func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.SearchAddr, prefix+".search-addr", "127.0.0.1:19200", "Listen address of the embedded search server (Elasticsearch API subset).")
 	fs.IntVar(&c.Partitions, prefix+".partitions", 12, "Partitions of topics created with the broker's default.")
 	fs.BoolVar(&c.KafkaFsync, prefix+".kafka-fsync", false, "Fsync every produced batch before the embedded broker acknowledges it (survives a power cut; much slower). Without it each batch is written to its files before the ack, which survives a crash of chapper.")
+	fs.BoolVar(&c.SearchProcess, prefix+".search-process", true, "Run the embedded search server as a child process at -"+prefix+".search-nice, so ingest, the broker and the pipelines get the CPU before indexing does; false runs it inside this process.")
+	fs.IntVar(&c.SearchNice, prefix+".search-nice", 10, "Nice value (0-19; higher yields the CPU more) of the search server's child process (-"+prefix+".search-process).")
 }
 
 // ErrStackConfig reports an incomplete StackConfig.
@@ -69,6 +85,8 @@ func (c *StackConfig) Validate() error {
 		return fmt.Errorf("%w: kafka, postgres, redis and search addresses are all required", ErrStackConfig)
 	case c.Partitions <= 0:
 		return fmt.Errorf("%w: partitions must be positive, got %d", ErrStackConfig, c.Partitions)
+	case c.SearchProcess && (c.SearchNice < 0 || c.SearchNice > 19):
+		return fmt.Errorf("%w: search nice must be 0 to 19 (raising priority needs privileges), got %d", ErrStackConfig, c.SearchNice)
 	}
 	return nil
 }
@@ -86,13 +104,19 @@ type Stack struct {
 	// Redis is the private redis-server (append-only file on).
 	Redis *Redis
 	// Search is the embedded search server, serving the Elasticsearch API
-	// subset Chapper uses.
+	// subset Chapper uses, when it runs inside this process; nil when it
+	// runs as a child (StackConfig.SearchProcess). SearchAddr works in both
+	// cases.
 	Search *search.Server
 
+	cfg                   StackConfig
 	searchDir, searchAddr string
 	log                   *slog.Logger
-	stopSearch            context.CancelFunc
-	searchDone            chan error
+
+	searchMu   sync.Mutex // guards the search server's fields below and searchAddr
+	stopSearch context.CancelFunc
+	searchDone chan error
+	searchProc *child
 }
 
 // StartStack starts the embedded stack under cfg.Dir (made absolute):
@@ -116,7 +140,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Stack{log: log}
+	s := &Stack{cfg: cfg, log: log}
 	s.Kafka, err = StartKafka(KafkaConfig{
 		Addr:       cfg.KafkaAddr,
 		DataDir:    filepath.Join(dir, "kafka"),
@@ -158,12 +182,18 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 	return s, nil
 }
 
-// StartSearch opens the search server's data, binds its address and serves
-// it in the background until StopSearch or Close. StartStack calls it;
-// fault tests call it again after StopSearch, on the same address (a port
-// 0 in StackConfig.SearchAddr is fixed at the first start). It does nothing
-// while the server runs.
+// StartSearch starts the search server on its data and address, in the
+// background until StopSearch or Close: inside this process, or as a child
+// process (StackConfig.SearchProcess) that answers HTTP when it returns.
+// StartStack calls it; fault tests call it again after StopSearch (or after
+// the child died), on the same address (a port 0 in StackConfig.SearchAddr
+// is fixed at the first start). It does nothing while the server runs.
 func (s *Stack) StartSearch() error {
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
+	if s.cfg.SearchProcess {
+		return s.startSearchChild()
+	}
 	if s.stopSearch != nil {
 		return nil
 	}
@@ -183,8 +213,14 @@ func (s *Stack) StartSearch() error {
 }
 
 // StopSearch stops the search server, keeping its data; clients then get
-// connection refused until StartSearch. It does nothing when stopped.
+// connection refused until StartSearch. A child gets SIGTERM, then SIGKILL
+// after a minute. It does nothing when stopped.
 func (s *Stack) StopSearch() error {
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
+	if s.searchProc != nil {
+		return stopLaunched(&s.searchProc, syscall.SIGTERM, "search server", s.searchAddr, s.log)
+	}
 	if s.stopSearch == nil {
 		return nil
 	}
@@ -192,6 +228,60 @@ func (s *Stack) StopSearch() error {
 	err := <-s.searchDone
 	s.stopSearch = nil
 	return err
+}
+
+// SearchAddr returns the search server's host:port.
+func (s *Stack) SearchAddr() string {
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
+	return s.searchDialAddr()
+}
+
+// searchDialAddr is SearchAddr with s.searchMu held.
+func (s *Stack) searchDialAddr() string {
+	host, port, err := net.SplitHostPort(s.searchAddr)
+	if err != nil {
+		return s.searchAddr
+	}
+	return net.JoinHostPort(dialHost(host), port)
+}
+
+// SearchURL returns http://SearchAddr.
+func (s *Stack) SearchURL() string { return "http://" + s.SearchAddr() }
+
+// searchURL is SearchURL with s.searchMu held.
+func (s *Stack) searchURL() string { return "http://" + s.searchDialAddr() }
+
+// SearchPid returns the process id of the search child, 0 when it runs
+// inside this process or is stopped.
+func (s *Stack) SearchPid() int {
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
+	if s.searchProc == nil {
+		return 0
+	}
+	return s.searchProc.pid()
+}
+
+// SearchNice returns the search child's nice value (StackConfig.SearchNice).
+func (s *Stack) SearchNice() int { return s.cfg.SearchNice }
+
+// SearchLog returns the search child's log file.
+func (s *Stack) SearchLog() string { return filepath.Join(s.searchDir, searchLog) }
+
+// SearchReady returns nil while the search server runs, and an error once
+// it was stopped or its child process exited (killed, crashed): a
+// readiness check for dev mode's /readyz.
+func (s *Stack) SearchReady() error {
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
+	switch {
+	case s.searchProc != nil && s.searchProc.exited():
+		return fmt.Errorf("the search server's process (pid %d) exited: %v", s.searchProc.pid(), s.searchProc.err)
+	case s.searchProc != nil, s.stopSearch != nil:
+		return nil
+	}
+	return errors.New("the search server is stopped")
 }
 
 // Close stops every server of the stack in reverse start order, keeping

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -25,11 +26,12 @@ func TestStackConfig(t *testing.T) {
 	if err := fs.Parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	want := devstack.StackConfig{Dir: "var", KafkaAddr: "127.0.0.1:19092", PostgresAddr: "127.0.0.1:15432", RedisAddr: "127.0.0.1:16379", SearchAddr: "127.0.0.1:19200", Partitions: 12}
-	if cfg != want {
+	want := devstack.StackConfig{Dir: "var", KafkaAddr: "127.0.0.1:19092", PostgresAddr: "127.0.0.1:15432", RedisAddr: "127.0.0.1:16379", SearchAddr: "127.0.0.1:19200", Partitions: 12,
+		SearchProcess: true, SearchNice: 10}
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults = %+v, want %+v", cfg, want)
 	}
-	for _, name := range []string{"dev.dir", "dev.kafka-addr", "dev.postgres-addr", "dev.redis-addr", "dev.partitions", "dev.kafka-fsync"} {
+	for _, name := range []string{"dev.dir", "dev.kafka-addr", "dev.postgres-addr", "dev.redis-addr", "dev.partitions", "dev.kafka-fsync", "dev.search-process", "dev.search-nice"} {
 		if fs.Lookup(name) == nil {
 			t.Errorf("flag %s not registered", name)
 		}
@@ -46,6 +48,9 @@ func TestStackConfig(t *testing.T) {
 		{name: "no postgres address", change: func(c *devstack.StackConfig) { c.PostgresAddr = "" }},
 		{name: "no redis address", change: func(c *devstack.StackConfig) { c.RedisAddr = "" }},
 		{name: "zero partitions", change: func(c *devstack.StackConfig) { c.Partitions = 0 }},
+		{name: "negative search nice", change: func(c *devstack.StackConfig) { c.SearchNice = -1 }},
+		{name: "search nice above 19", change: func(c *devstack.StackConfig) { c.SearchNice = 20 }},
+		{name: "search nice unused in-process", change: func(c *devstack.StackConfig) { c.SearchProcess, c.SearchNice = false, 20 }, ok: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,7 +93,7 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 		execSQL(ctx, t, s.Postgres, db, "CREATE TABLE marks (n int); INSERT INTO marks VALUES (1)")
 	}
 	redisSet(ctx, t, s.Redis.Addr(), "k", "v")
-	searchDo(ctx, t, http.MethodPut, "http://"+s.Search.Addr()+"/marks/_doc/1?refresh=true", `{"n":1}`, http.StatusCreated)
+	searchDo(ctx, t, http.MethodPut, s.SearchURL()+"/marks/_doc/1?refresh=true", `{"n":1}`, http.StatusCreated)
 
 	if err := s.Close(); err != nil {
 		t.Fatalf("closing the stack: %v", err)
@@ -117,7 +122,7 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 	if v, err := redisGet(ctx, s.Redis.Addr(), "k"); err != nil || v != "v" {
 		t.Errorf("redis after restart: GET k = %q, %v; want v", v, err)
 	}
-	searchDo(ctx, t, http.MethodGet, "http://"+s.Search.Addr()+"/marks/_doc/1", "", http.StatusOK)
+	searchDo(ctx, t, http.MethodGet, s.SearchURL()+"/marks/_doc/1", "", http.StatusOK)
 }
 
 // searchDo sends one request to the search server and checks its status.

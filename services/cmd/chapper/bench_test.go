@@ -46,6 +46,22 @@ func durPaced(b *testing.B) time.Duration {
 	return time.Minute
 }
 
+// durSearchProcess says whether `chapper dev` runs the search server as
+// its niced child process (-dev.search-process, the default) or inside
+// itself: CHAPPER_BENCH_SEARCH_PROCESS=false. The in-process run's figures
+// are named BenchmarkDurableDev/search-in-process-<figure>.
+func durSearchProcess(b *testing.B) bool {
+	v := os.Getenv("CHAPPER_BENCH_SEARCH_PROCESS")
+	if v == "" {
+		return true
+	}
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		b.Fatalf("CHAPPER_BENCH_SEARCH_PROCESS: %v", err)
+	}
+	return on
+}
+
 // BenchmarkDurableDev runs `chapper dev` as it ships (all five parts, the
 // broker writing each batch before the ack without fsync) as a child
 // process and measures, in one run: Submit throughput (pre-encoded
@@ -58,12 +74,17 @@ func durPaced(b *testing.B) time.Duration {
 func BenchmarkDurableDev(b *testing.B) {
 	chapperBin(b)
 	paced := durPaced(b)
+	searchProcess := durSearchProcess(b)
+	figure, mode := "BenchmarkDurableDev/", "search server in a child process at nice 10"
+	if !searchProcess {
+		figure, mode = "BenchmarkDurableDev/search-in-process-", "search server inside the dev process"
+	}
 	for range b.N {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		dir := filepath.Join(b.TempDir(), "var")
 		killOrphans(b, dir)
 		ports := newDevPorts(b)
-		dev := newProc(b, "chapper-dev", ports.args(dir)...)
+		dev := newProc(b, "chapper-dev", ports.args(dir, "-dev.search-process="+strconv.FormatBool(searchProcess))...)
 		dev.Start(b)
 		waitReady(b, ctx, dev, ports.admin, 3*time.Minute)
 
@@ -103,9 +124,17 @@ func BenchmarkDurableDev(b *testing.B) {
 		_, rawLat := rawProduce(ctx, b, raw, rawMessages(b, rng, rawPaced/durBatch), time.Second*durBatch/durRate)
 		loadBefore := loadAverage()
 		// the dev process's own CPU (ingest, the pipelines, the broker and
-		// the search server; not redis-server or Postgres) over the paced
-		// load and its drain, per record
-		cpuBefore := procsCPU(b, []*proc{dev})
+		// the search server, its child process included; not redis-server
+		// or Postgres) over the paced load and its drain, per record
+		searchPid := searchChildPid(b, dev, searchProcess)
+		devCPUNow := func() float64 {
+			cpu := procsCPU(b, []*proc{dev})
+			if searchPid != 0 {
+				cpu += pidCPU(b, "the search child", searchPid)
+			}
+			return cpu
+		}
+		cpuBefore := devCPUNow()
 		lat, err := loadgen.Run(ctx, loadgen.Config{Addr: ports.grpc, Records: int(paced.Seconds()) * durRate, Rate: durRate,
 			Clients: durClients, BatchSize: durBatch, Kind: "mixed", Timeout: 30 * time.Second})
 		if err != nil {
@@ -117,7 +146,7 @@ func BenchmarkDurableDev(b *testing.B) {
 		stopped := time.Now()
 		zero, ok := waitLagZero(ctx, ports.admin, durLagDeadline)
 		drained := zero.Sub(stopped)
-		devCPU := (procsCPU(b, []*proc{dev}) - cpuBefore) / float64(max(lat.Accepted, 1)) * 1e6
+		devCPU := (devCPUNow() - cpuBefore) / float64(max(lat.Accepted, 1)) * 1e6
 		if !ok {
 			b.Logf("the pipelines' lag was not 0 within %v of the load's end; reporting %v", durLagDeadline, drained)
 		}
@@ -127,18 +156,18 @@ func BenchmarkDurableDev(b *testing.B) {
 			b.Errorf("chapper dev did not stop cleanly: %v", err)
 		}
 
-		fmt.Printf("BenchmarkDurableDev (busy shared 2-core machine: figures are noisy): throughput %v; at %d rec/s for %v: %v; load average %s before the paced phase, %s at the end\n",
-			res, durRate, paced, lat, loadBefore, loadAverage())
+		fmt.Printf("BenchmarkDurableDev (%s; busy shared 2-core machine: figures are noisy): throughput %v; at %d rec/s for %v: %v; load average %s before the paced phase, %s at the end\n",
+			mode, res, durRate, paced, lat, loadBefore, loadAverage())
 		const rawName = "raw kafka-go produce, same broker, same batches"
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/submit-records-per-s", Value: res.PerSecond(), Unit: "records/s",
+		devtest.ReportFigure(b, devtest.Figure{Name: figure + "submit-records-per-s", Value: res.PerSecond(), Unit: "records/s",
 			BaselineName: rawName, Baseline: rawRate, Target: ">=20000"})
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/ack-p50-ms-at-7000", Value: ms(lat.Percentile(50)), Unit: "ms",
+		devtest.ReportFigure(b, devtest.Figure{Name: figure + "ack-p50-ms-at-7000", Value: ms(lat.Percentile(50)), Unit: "ms",
 			BaselineName: rawName + ", 7,000 records/s", Baseline: ms(pctD(rawLat, 50))})
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/ack-p99-ms-at-7000", Value: ms(lat.Percentile(99)), Unit: "ms",
+		devtest.ReportFigure(b, devtest.Figure{Name: figure + "ack-p99-ms-at-7000", Value: ms(lat.Percentile(99)), Unit: "ms",
 			BaselineName: rawName + ", 7,000 records/s", Baseline: ms(pctD(rawLat, 99)), Target: "<=50"})
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/lag-zero-after-load-s", Value: drained.Seconds(), Unit: "s",
+		devtest.ReportFigure(b, devtest.Figure{Name: figure + "lag-zero-after-load-s", Value: drained.Seconds(), Unit: "s",
 			BaselineName: "none", Target: "<=5"})
-		devtest.ReportFigure(b, devtest.Figure{Name: "BenchmarkDurableDev/dev-cpu-us-per-record-at-7000", Value: devCPU, Unit: "us",
+		devtest.ReportFigure(b, devtest.Figure{Name: figure + "dev-cpu-us-per-record-at-7000", Value: devCPU, Unit: "us",
 			BaselineName: "none"})
 		b.ReportMetric(res.PerSecond(), "submit-records/s")
 		b.ReportMetric(rawRate, "raw-records/s")
@@ -146,6 +175,31 @@ func BenchmarkDurableDev(b *testing.B) {
 		b.ReportMetric(ms(pctD(rawLat, 99)), "raw-p99-ms")
 		b.ReportMetric(drained.Seconds(), "lag-zero-s")
 	}
+}
+
+// searchChildPid returns the pid of dev's search child process (the
+// chapper child running `chapper search-server`), 0 when searchProcess is
+// off.
+func searchChildPid(b *testing.B, dev *proc, searchProcess bool) int {
+	if !searchProcess {
+		return 0
+	}
+	dev.mu.Lock()
+	pid := dev.cmd.Process.Pid
+	dev.mu.Unlock()
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		data, _ := os.ReadFile(t)
+		for _, c := range strings.Fields(string(data)) {
+			cmdline, _ := os.ReadFile("/proc/" + c + "/cmdline")
+			if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && args[1] == "search-server" {
+				n, _ := strconv.Atoi(c)
+				return n
+			}
+		}
+	}
+	b.Fatalf("no search-server child of chapper dev (pid %d)", pid)
+	return 0
 }
 
 // loadAverage returns the machine's 1, 5 and 15 minute load averages as

@@ -329,20 +329,27 @@ func procsCPU(b *testing.B, procs []*proc) float64 {
 		p.mu.Lock()
 		pid := p.cmd.Process.Pid
 		p.mu.Unlock()
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		sum += pidCPU(b, p.name, pid)
+	}
+	return sum
+}
+
+// pidCPU returns the CPU seconds (user and system) process pid used.
+func pidCPU(b *testing.B, name string, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatalf("CPU of %s: %v", name, err)
+	}
+	// Fields after the command name, which is in parentheses and may
+	// hold spaces: state is field 3, utime 14 and stime 15.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	var sum float64
+	for _, i := range []int{11, 12} {
+		v, err := strconv.ParseFloat(f[i], 64)
 		if err != nil {
-			b.Fatalf("CPU of %s: %v", p.name, err)
+			b.Fatalf("/proc/%d/stat: %v", pid, err)
 		}
-		// Fields after the command name, which is in parentheses and may
-		// hold spaces: state is field 3, utime 14 and stime 15.
-		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
-		for _, i := range []int{11, 12} {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				b.Fatalf("/proc/%d/stat: %v", pid, err)
-			}
-			sum += v / userHZ
-		}
+		sum += v / userHZ
 	}
 	return sum
 }

@@ -76,6 +76,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errors.Join(err, stack.Close())
 	}
 	a.Stack = stack
+	// a search child that died turns /readyz red until StartSearch
+	a.admin.AddCheck("search-server", stack.SearchReady)
 	a.DataDir, _ = filepath.Abs(sc.Dir)
 	a.authDir, a.tlsCert = c.auth.KeysDir, c.grpc.TLSCert
 	// Dev mode talks to its own broker, whatever -kafka.brokers says.
@@ -111,9 +113,11 @@ func printEndpoints(w io.Writer, a *app, names []string) {
 	if s.Redis != nil {
 		fmt.Fprintf(w, "  Redis            %s\n", s.Redis.Addr())
 	}
-	if s.Search != nil {
-		fmt.Fprintf(w, "  search           %s  (Elasticsearch API subset; aliases canvass-visits, canvass-intentions, canvass-followups)\n", s.Search.URL())
+	where := "in this process"
+	if pid := s.SearchPid(); pid != 0 {
+		where = fmt.Sprintf("process %d, nice %d, log %s", pid, s.SearchNice(), s.SearchLog())
 	}
+	fmt.Fprintf(w, "  search           %s  (Elasticsearch API subset; aliases canvass-visits, canvass-intentions, canvass-followups; %s)\n", s.SearchURL(), where)
 	if a.authOn {
 		fmt.Fprintf(w, "  auth             %s  (tokens: chapper token issue -canvasser=<id> -role=canvasser -auth.keys-dir=%s)\n", a.authDir, a.authDir)
 	}

@@ -52,7 +52,7 @@ func TestFaults(t *testing.T) {
 		pgURL:     stack.Postgres.URL,
 		shardDBs:  []string{"chapper_shard_0", "chapper_shard_1"},
 		redisAddr: stack.Redis.Addr(),
-		searchURL: stack.Search.URL(),
+		searchURL: stack.SearchURL(),
 	}
 	if out, err := exec.CommandContext(ctx, bin, "migrate", "-log.level=warn", "-migrate.router-url="+s.pgURL("chapper_router")).CombinedOutput(); err != nil {
 		t.Fatalf("chapper migrate: %v\n%s", err, out)

@@ -38,7 +38,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
-	for _, c := range commands {
+	for _, c := range append(commands[:len(commands):len(commands)], hiddenCommands...) {
 		if c.name == args[0] {
 			return c.run(ctx, args[1:], stdout, stderr)
 		}

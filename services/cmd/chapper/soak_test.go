@@ -87,7 +87,7 @@ func TestSoak(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = stack.Close() })
 	s := stores{pgURL: stack.Postgres.URL, shardDBs: []string{"chapper_shard_0", "chapper_shard_1"},
-		redisAddr: stack.Redis.Addr(), searchURL: stack.Search.URL()}
+		redisAddr: stack.Redis.Addr(), searchURL: stack.SearchURL()}
 	if out, err := exec.CommandContext(ctx, bin, "migrate", "-log.level=warn", "-migrate.router-url="+s.pgURL("chapper_router")).CombinedOutput(); err != nil {
 		t.Fatalf("chapper migrate: %v\n%s", err, out)
 	}

@@ -21,7 +21,7 @@ func init() {
 			rcfg.RegisterFlags("search", fs)
 			return func(ctx context.Context, a *app) error {
 				if a.Stack != nil {
-					cfg.Addresses = []string{"http://" + a.Stack.Search.Addr()}
+					cfg.Addresses = []string{a.Stack.SearchURL()}
 				}
 				rcfg.Brokers = a.Brokers
 				rcfg.Logger = a.Log

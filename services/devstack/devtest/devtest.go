@@ -79,7 +79,14 @@ func Main(m *testing.M, opts ...goleak.Option) { os.Exit(Run(m, opts...)) }
 
 // Run is Main without the exit: it returns the exit code, for a TestMain
 // that has more to clean up before it exits.
+//
+// A test binary started with the argument devstack.SearchServerCommand
+// (the search child of a Stack with StackConfig.SearchProcess) runs the
+// search server instead of the tests.
 func Run(m *testing.M, opts ...goleak.Option) int {
+	if code, ran := devstack.RunSearchChild(os.Args, os.Stderr); ran {
+		return code
+	}
 	code := m.Run()
 	if err := stopShared(); err != nil {
 		fmt.Fprintf(os.Stderr, "devtest: stopping shared servers: %v\n", err)

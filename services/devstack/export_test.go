@@ -1,0 +1,16 @@
+package devstack
+
+import (
+	"errors"
+	"log/slog"
+	"path/filepath"
+)
+
+// StartSearchOnly starts and stops the search server of a stack
+// configured by cfg without its other servers, returning the start's
+// error.
+func StartSearchOnly(cfg StackConfig) error {
+	s := &Stack{cfg: cfg, log: slog.Default(), searchDir: filepath.Join(cfg.Dir, "search"), searchAddr: cfg.SearchAddr}
+	err := s.StartSearch()
+	return errors.Join(err, s.StopSearch())
+}
