@@ -33,7 +33,10 @@
 -- anyway (SISMEMBER, HEXISTS, HLEN, ZCARD, HMGET answer WRONGTYPE on a key
 -- of another type), and by TYPE only for a key no read touched before the
 -- op's first write, so that a locality with one or two records in the call
--- costs few commands more than the records themselves.
+-- costs few commands more than the records themselves. The one exception
+-- is a plain op (a new record to count, correcting nothing): its records
+-- hash is proven by its own HSET, right after the SADD, and a failing
+-- HSET is undone by an SREM, so that the op still changes nothing.
 --
 -- TTLs: a locality's five keys get their TTL (PEXPIRE) at the end of a
 -- call that wrote there when +14 asks for it, and each key the call may
@@ -83,8 +86,9 @@ end
 
 -- ready proves, with TYPE, the type of every key of locality k but the
 -- seen set that no read proved yet, before the first write of an op
--- there. The seen set needs no TYPE: an op writes it only with SADD, its
--- first write, which fails whole on a key of another type.
+-- there that is not plain (see apply). The seen set needs no TYPE: an op
+-- writes it only with SADD, its first write, which fails whole on a key
+-- of another type.
 local function ready(k)
   local p = proven[k]
   if p.all then return nil end
@@ -212,15 +216,12 @@ local function apply(o)
   end
 
   -- What this op may do, decided before any write to the locality.
-  -- Counted = new to the seen set and not replaced: a correction that came
-  -- first marked it, in the id record or here.
-  local mayCount = false
-  if id ~= '' and wasReplaced ~= '1' then
-    local r
-    r, err = replaced(k, id)
-    if err then return err end
-    mayCount = not r
-  end
+  -- Counted = new to the seen set and not replaced. A correction marks
+  -- what it replaces in the id record before the record is claimed or,
+  -- once the record counted, takes it off here (where its id is seen), so
+  -- for an id new to the seen set the id record's answer is the whole
+  -- answer and the replaced hash need not be read.
+  local mayCount = id ~= '' and wasReplaced ~= '1'
   local mark, uncount = false, false
   if replaces ~= '' and replaces ~= id then
     local r
@@ -248,8 +249,14 @@ local function apply(o)
   if id == '' and not mark then
     return nil
   end
-  err = ready(k)
-  if err then return err end
+  -- A plain op writes the seen set (SADD), the records hash (proven by
+  -- its HSET, undone if it fails), the timeline and the counters (proven
+  -- by the ZCARD and HMGET above): no TYPE.
+  local plain = mayCount and not mark
+  if not plain then
+    err = ready(k)
+    if err then return err end
+  end
 
   local new, count = false, false
   if id ~= '' then
@@ -284,6 +291,20 @@ local function apply(o)
     redis.call('HDEL', rec, replaces)
   end
   if count then
+    if not proven[k][3] then
+      local r = redis.pcall('HSET', rec, id, ARGV[o + 4])
+      if type(r) == 'table' and r.err then
+        -- the SADD above was this op's only write
+        redis.call('SREM', seen, id)
+        if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
+          return badKey(k, 3)
+        end
+        return r
+      end
+      proven[k][3] = true
+    else
+      redis.call('HSET', rec, id, ARGV[o + 4])
+    end
     add(k, kind, 1)
     add(k, detail, 1)
     if card[k] == 0 then
@@ -292,7 +313,6 @@ local function apply(o)
       created(k)
     end
     local n = card[k] + redis.call('ZADD', tl, ARGV[o + 3], id)
-    redis.call('HSET', rec, id, ARGV[o + 4])
     if n > keep then
       -- The oldest by record time go, with their bodies; a late record
       -- older than everything kept is trimmed straight away but stays
