@@ -1,5 +1,5 @@
-// Package admin is the operators' HTTP port: /metrics (Prometheus, default
-// registry), /healthz (the process is alive), /readyz (every part finished
+// Package admin is the operators' HTTP port: /metrics (Prometheus, the
+// default registry unless SetGatherer says otherwise), /healthz (the process is alive), /readyz (every part finished
 // its setup) and /debug/pprof.
 package admin
 
@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -38,16 +39,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Server serves the admin endpoints. AddCheck may be called at any time; it
-// is safe for concurrent use.
+// Server serves the admin endpoints. AddCheck and SetGatherer may be called
+// at any time; they are safe for concurrent use.
 type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	checks []check
-	addr   net.Addr
-	up     chan struct{}
+	mu       sync.Mutex
+	checks   []check
+	gatherer prometheus.Gatherer
+	addr     net.Addr
+	up       chan struct{}
 }
 
 type check struct {
@@ -74,10 +76,18 @@ func (s *Server) AddCheck(name string, fn func() error) {
 	s.checks = append(s.checks, check{name, fn})
 }
 
+// SetGatherer makes /metrics serve what g gathers instead of the default
+// registry (chapper dev adds its search child's metrics this way).
+func (s *Server) SetGatherer(g prometheus.Gatherer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gatherer = g
+}
+
 // Handler returns the admin endpoints as an http.Handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.HandleFunc("GET /metrics", s.metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -89,6 +99,19 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// metrics serves the gatherer's metrics, counted in promhttp's handler
+// metrics as promhttp.Handler does.
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	g := s.gatherer
+	s.mu.Unlock()
+	if g == nil {
+		promhttp.Handler().ServeHTTP(w, r)
+		return
+	}
+	promhttp.InstrumentMetricHandler(prometheus.DefaultRegisterer, promhttp.HandlerFor(g, promhttp.HandlerOpts{})).ServeHTTP(w, r)
 }
 
 // readyz lists every check with "ok" or its error; the status is 200 when

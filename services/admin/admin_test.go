@@ -73,6 +73,11 @@ func TestAdmin(t *testing.T) {
 		}, path: "/readyz", wantCode: 503, want: []string{"ingest: ok", "other: still starting"}},
 		{name: "all ready", setup: func() { otherReady.Store(true) }, path: "/readyz", wantCode: 200, want: []string{"ingest: ok", "other: ok"}},
 		{name: "metrics", path: "/metrics", wantCode: 200, want: []string{"chapper_admin_test_total 1", "go_goroutines"}},
+		{name: "metrics of a gatherer", setup: func() {
+			extra := prometheus.NewRegistry()
+			promauto.With(extra).NewGauge(prometheus.GaugeOpts{Name: "chapper_admin_test_extra", Help: "A gauge of another registry."}).Set(7)
+			s.SetGatherer(prometheus.Gatherers{prometheus.DefaultGatherer, extra})
+		}, path: "/metrics", wantCode: 200, want: []string{"chapper_admin_test_total 1", "chapper_admin_test_extra 7", "promhttp_metric_handler_requests_total"}},
 		{name: "pprof", path: "/debug/pprof/", wantCode: 200, want: []string{"goroutine"}},
 	}
 	for _, st := range steps {

@@ -11,6 +11,9 @@ import (
 // error.
 func StartSearchOnly(cfg StackConfig) error {
 	s := &Stack{cfg: cfg, log: slog.Default(), searchDir: filepath.Join(cfg.Dir, "search"), searchAddr: cfg.SearchAddr}
+	if cfg.SearchProcess {
+		s.searchStats = newSearchStats()
+	}
 	err := s.StartSearch()
 	return errors.Join(err, s.StopSearch())
 }

@@ -4,38 +4,52 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/chapper/chapper/services/devstack"
 )
 
 // TestSearchChild runs the search server as a niced child process of the
-// stack: its threads run at the nice asked for, a SIGKILL of it turns
-// SearchReady red, StartSearch brings it back with its data, StopSearch
-// and StartSearch restart it, and Close leaves no process behind.
+// stack: its threads run at the nice asked for, its search server metrics
+// are in the stack's Gatherer, a SIGKILL of it turns SearchReady red until
+// the supervisor has brought it back by itself (logged, counted, a new pid,
+// its data kept), StopSearch is not undone by the supervisor, StartSearch
+// starts it again, and Close leaves no process behind.
 func TestSearchChild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts postgres, redis-server and a search child")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	var logs syncBuffer
 	cfg := devstack.StackConfig{
 		Dir:       filepath.Join(t.TempDir(), "var"),
 		KafkaAddr: "127.0.0.1:0", PostgresAddr: "127.0.0.1:0", RedisAddr: "127.0.0.1:0", SearchAddr: "127.0.0.1:0",
 		Partitions: 3, SearchProcess: true, SearchNice: 7,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 	}
 	s, err := devstack.StartStack(ctx, cfg)
 	if err != nil {
 		t.Fatalf("starting the stack: %v", err)
 	}
-	t.Cleanup(func() { _ = s.Close() })
+	t.Cleanup(func() {
+		_ = s.Close()
+		if t.Failed() {
+			t.Logf("stack log:\n%s", logs.String())
+		}
+	})
 	if s.Search != nil {
 		t.Errorf("Stack.Search = %v with SearchProcess, want nil (the server runs in the child)", s.Search)
 	}
@@ -52,44 +66,75 @@ func TestSearchChild(t *testing.T) {
 	}
 
 	url := s.SearchURL()
-	searchDo(ctx, t, http.MethodPut, url+"/marks/_doc/1?refresh=true", `{"n":1}`, http.StatusCreated)
+	for i := 1; i <= 3; i++ {
+		searchDo(ctx, t, http.MethodPut, fmt.Sprintf("%s/marks/_doc/%d?refresh=true", url, i), `{"n":1}`, http.StatusCreated)
+	}
+	// the child's metrics, read through the stack, beside local's
+	local := prometheus.NewRegistry()
+	promauto.With(local).NewCounter(prometheus.CounterOpts{Name: "chapper_test_local_total", Help: "A metric of this process."}).Inc()
+	g := s.Gatherer(local)
+	m := gather(t, g)
+	if m["chapper_searchserver_documents_written_total"] < 3 || m["chapper_dev_search_metrics_up"] != 1 || m["chapper_test_local_total"] != 1 {
+		t.Errorf("gathered with the child running: %v, want chapper_searchserver_documents_written_total >= 3, chapper_dev_search_metrics_up 1 and chapper_test_local_total 1", m)
+	}
+	if _, ok := m["chapper_searchserver_request_seconds"]; !ok {
+		t.Errorf("gathered with the child running: no chapper_searchserver_request_seconds in %v", m)
+	}
+	restarts := m["chapper_dev_search_restarts_total"]
 
-	// SIGKILL: the stack sees it die, and StartSearch brings it back on
-	// the same address with its data
+	// SIGKILL: the stack sees it die, and its supervisor brings it back by
+	// itself on the same address with its data
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(ctx, t, "SearchReady red after SIGKILL of the child", func() bool { return s.SearchReady() != nil })
 	t.Logf("after SIGKILL: %v", s.SearchReady())
-	if err := s.StartSearch(); err != nil {
-		t.Fatalf("StartSearch after SIGKILL: %v", err)
-	}
-	if err := s.SearchReady(); err != nil {
-		t.Fatalf("SearchReady() = %v after StartSearch", err)
-	}
+	waitUntil(ctx, t, "the supervisor to restart the child", func() bool { return s.SearchReady() == nil && s.SearchPid() != pid })
 	if s.SearchURL() != url {
 		t.Errorf("address after restart = %s, want %s", s.SearchURL(), url)
 	}
 	pid2 := s.SearchPid()
-	if pid2 == pid || !alive(pid2) {
-		t.Fatalf("SearchPid() after restart = %d (before %d), want a new live child", pid2, pid)
+	if pid2 == 0 || !alive(pid2) || alive(pid) {
+		t.Fatalf("SearchPid() after restart = %d (before %d), want a new live child and the old one gone", pid2, pid)
 	}
 	checkNice(t, pid2, 7)
-	searchDo(ctx, t, http.MethodGet, url+"/marks/_doc/1", "", http.StatusOK)
+	for i := 1; i <= 3; i++ {
+		searchDo(ctx, t, http.MethodGet, fmt.Sprintf("%s/marks/_doc/%d", url, i), "", http.StatusOK)
+	}
+	m = gather(t, g)
+	if got := m["chapper_dev_search_restarts_total"]; got != restarts+1 {
+		t.Errorf("chapper_dev_search_restarts_total = %v after one SIGKILL, want %v", got, restarts+1)
+	}
+	if m["chapper_dev_search_metrics_up"] != 1 {
+		t.Errorf("chapper_dev_search_metrics_up = %v after the restart, want 1", m["chapper_dev_search_metrics_up"])
+	}
+	if l := logs.String(); !strings.Contains(l, "exited unexpectedly") || !strings.Contains(l, "signal: killed") {
+		t.Errorf("the log does not tell of the SIGKILLed child with its exit status:\n%s", l)
+	}
 
-	// StopSearch: SIGTERM, the process is gone and clients are refused
+	// StopSearch: SIGTERM, the process is gone, clients are refused, and
+	// the supervisor leaves it stopped
 	if err := s.StopSearch(); err != nil {
 		t.Fatalf("StopSearch: %v", err)
 	}
 	if alive(pid2) {
 		t.Errorf("pid %d still alive after StopSearch", pid2)
 	}
+	time.Sleep(2 * time.Second) // 20 times the first restart's backoff
 	if s.SearchReady() == nil || s.SearchPid() != 0 {
-		t.Errorf("after StopSearch: SearchReady() = nil or SearchPid() = %d", s.SearchPid())
+		t.Errorf("2 s after StopSearch: SearchReady() = nil or SearchPid() = %d, want it stopped", s.SearchPid())
 	}
 	if resp, err := http.Get(url + "/"); err == nil {
 		resp.Body.Close()
 		t.Errorf("GET / answered %s after StopSearch", resp.Status)
+	}
+	// the Gatherer still answers, without the child's metrics
+	m = gather(t, g)
+	if _, ok := m["chapper_searchserver_documents_written_total"]; ok || m["chapper_dev_search_metrics_up"] != 0 || m["chapper_test_local_total"] != 1 {
+		t.Errorf("gathered with the child stopped: %v, want no chapper_searchserver_*, chapper_dev_search_metrics_up 0, chapper_test_local_total 1", m)
+	}
+	if got := m["chapper_dev_search_restarts_total"]; got != restarts+1 {
+		t.Errorf("chapper_dev_search_restarts_total = %v after StopSearch, want %v (no restart)", got, restarts+1)
 	}
 	if err := s.StartSearch(); err != nil {
 		t.Fatalf("StartSearch after StopSearch: %v", err)
@@ -115,6 +160,42 @@ func TestSearchChildFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "exited during start-up") || !strings.Contains(err.Error(), "no search for you") {
 		t.Fatalf("StartSearch with a failing child = %v, want its exit and log", err)
 	}
+}
+
+// gather returns the value of every counter and gauge g gathers, summed
+// over series, and 0 for any other family gathered.
+func gather(t *testing.T, g prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	fams, err := g.Gather()
+	if err != nil {
+		t.Fatalf("gathering: %v", err)
+	}
+	m := map[string]float64{}
+	for _, f := range fams {
+		m[f.GetName()] += 0
+		for _, x := range f.GetMetric() {
+			m[f.GetName()] += x.GetCounter().GetValue() + x.GetGauge().GetValue()
+		}
+	}
+	return m
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // checkNice checks field 19 (nice) of /proc/<pid>/stat and of every

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/chapper/chapper/services/devstack/search"
 )
@@ -113,10 +114,19 @@ type Stack struct {
 	searchDir, searchAddr string
 	log                   *slog.Logger
 
-	searchMu   sync.Mutex // guards the search server's fields below and searchAddr
-	stopSearch context.CancelFunc
-	searchDone chan error
-	searchProc *child
+	// lifeMu serialises starting and stopping the search server
+	// (StartSearch, StopSearch, the supervisor's restarts); searchAddr is
+	// written with lifeMu and searchMu held.
+	lifeMu            sync.Mutex
+	searchMu          sync.Mutex // guards the search server's fields below and searchAddr, held briefly
+	stopSearch        context.CancelFunc
+	searchDone        chan error
+	searchProc        *child
+	searchStarted     time.Time          // when searchProc got ready
+	searchMetricsAddr string             // where searchProc serves /metrics
+	stopSupervise     context.CancelFunc // ends the child's supervisor; nil when none runs
+	superviseDone     chan struct{}      // closed once that supervisor returned
+	searchStats       *searchStats       // with SearchProcess only
 }
 
 // StartStack starts the embedded stack under cfg.Dir (made absolute):
@@ -141,6 +151,9 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 		log = slog.Default()
 	}
 	s := &Stack{cfg: cfg, log: log}
+	if cfg.SearchProcess {
+		s.searchStats = newSearchStats()
+	}
 	s.Kafka, err = StartKafka(KafkaConfig{
 		Addr:       cfg.KafkaAddr,
 		DataDir:    filepath.Join(dir, "kafka"),
@@ -185,15 +198,32 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 // StartSearch starts the search server on its data and address, in the
 // background until StopSearch or Close: inside this process, or as a child
 // process (StackConfig.SearchProcess) that answers HTTP when it returns.
-// StartStack calls it; fault tests call it again after StopSearch (or after
-// the child died), on the same address (a port 0 in StackConfig.SearchAddr
-// is fixed at the first start). It does nothing while the server runs.
+// A child is supervised: when it exits by itself (crash, OOM kill, a
+// signal from outside), it is logged, counted in
+// chapper_dev_search_restarts_total and started again on the same address
+// and data, after 100 ms doubling to 5 s for a child that keeps dying,
+// until StopSearch or Close. StartStack calls StartSearch; fault tests
+// call it again after StopSearch, on the same address (a port 0 in
+// StackConfig.SearchAddr is fixed at the first start). It does nothing
+// while the server runs.
 func (s *Stack) StartSearch() error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.cfg.SearchProcess {
+		if err := s.startSearchChild(context.Background()); err != nil {
+			return err
+		}
+		s.searchMu.Lock()
+		defer s.searchMu.Unlock()
+		if s.stopSupervise == nil {
+			ctx, cancel := context.WithCancel(context.Background())
+			s.stopSupervise, s.superviseDone = cancel, make(chan struct{})
+			go s.superviseSearch(ctx, s.superviseDone)
+		}
+		return nil
+	}
 	s.searchMu.Lock()
 	defer s.searchMu.Unlock()
-	if s.cfg.SearchProcess {
-		return s.startSearchChild()
-	}
 	if s.stopSearch != nil {
 		return nil
 	}
@@ -213,14 +243,30 @@ func (s *Stack) StartSearch() error {
 }
 
 // StopSearch stops the search server, keeping its data; clients then get
-// connection refused until StartSearch. A child gets SIGTERM, then SIGKILL
-// after a minute. It does nothing when stopped.
+// connection refused until StartSearch. A child's supervision ends first,
+// so it is not restarted; then it gets SIGTERM, and SIGKILL after a
+// minute. It does nothing when stopped.
 func (s *Stack) StopSearch() error {
 	s.searchMu.Lock()
-	defer s.searchMu.Unlock()
-	if s.searchProc != nil {
-		return stopLaunched(&s.searchProc, syscall.SIGTERM, "search server", s.searchAddr, s.log)
+	cancel, done := s.stopSupervise, s.superviseDone
+	s.stopSupervise, s.superviseDone = nil, nil
+	s.searchMu.Unlock()
+	if cancel != nil {
+		// before the SIGTERM: the supervisor then knows the exit is ours
+		cancel()
+		defer func() { <-done }()
 	}
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	s.searchMu.Lock()
+	proc := s.searchProc
+	s.searchProc = nil
+	s.searchMu.Unlock()
+	if proc != nil {
+		return stopLaunched(&proc, syscall.SIGTERM, "search server", s.searchAddr, s.log)
+	}
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
 	if s.stopSearch == nil {
 		return nil
 	}
@@ -237,7 +283,7 @@ func (s *Stack) SearchAddr() string {
 	return s.searchDialAddr()
 }
 
-// searchDialAddr is SearchAddr with s.searchMu held.
+// searchDialAddr is SearchAddr with s.searchMu or s.lifeMu held.
 func (s *Stack) searchDialAddr() string {
 	host, port, err := net.SplitHostPort(s.searchAddr)
 	if err != nil {
@@ -249,7 +295,7 @@ func (s *Stack) searchDialAddr() string {
 // SearchURL returns http://SearchAddr.
 func (s *Stack) SearchURL() string { return "http://" + s.SearchAddr() }
 
-// searchURL is SearchURL with s.searchMu held.
+// searchURL is SearchURL with s.searchMu or s.lifeMu held.
 func (s *Stack) searchURL() string { return "http://" + s.searchDialAddr() }
 
 // SearchPid returns the process id of the search child, 0 when it runs
@@ -270,14 +316,18 @@ func (s *Stack) SearchNice() int { return s.cfg.SearchNice }
 func (s *Stack) SearchLog() string { return filepath.Join(s.searchDir, searchLog) }
 
 // SearchReady returns nil while the search server runs, and an error once
-// it was stopped or its child process exited (killed, crashed): a
-// readiness check for dev mode's /readyz.
+// it was stopped or while its child process is dead (killed, crashed; the
+// supervisor restarts it): a readiness check for dev mode's /readyz.
 func (s *Stack) SearchReady() error {
 	s.searchMu.Lock()
 	defer s.searchMu.Unlock()
 	switch {
 	case s.searchProc != nil && s.searchProc.exited():
-		return fmt.Errorf("the search server's process (pid %d) exited: %v", s.searchProc.pid(), s.searchProc.err)
+		restarting := ""
+		if s.stopSupervise != nil {
+			restarting = "; restarting it"
+		}
+		return fmt.Errorf("the search server's process (pid %d) exited: %v%s", s.searchProc.pid(), s.searchProc.err, restarting)
 	case s.searchProc != nil, s.stopSearch != nil:
 		return nil
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 
 	"github.com/chapper/chapper/services/devstack"
-	"github.com/chapper/chapper/services/devstack/search"
 )
 
 // hiddenCommands are subcommands usage does not list: what chapper runs
@@ -16,14 +15,16 @@ var hiddenCommands = []command{
 }
 
 // runSearchServer is `chapper search-server`: the embedded search server
-// alone, serving -search-server.data-dir on -search-server.addr until
+// alone, serving -search-server.data-dir on -search-server.addr (and its
+// Prometheus metrics on -search-server.metrics-addr when set) until
 // SIGTERM. `chapper dev` runs it as a child at a lower CPU priority
-// (-dev.search-process, -dev.search-nice); it logs to stderr, which dev
-// mode sends to <dev.dir>/search/search.log.
+// (-dev.search-process, -dev.search-nice), gathers its metrics into dev's
+// /metrics and restarts it when it dies; it logs to stderr, which dev mode
+// sends to <dev.dir>/search/search.log.
 func runSearchServer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet(devstack.SearchServerCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg search.Config
+	var cfg devstack.SearchChildConfig
 	cfg.RegisterFlags(devstack.SearchServerCommand, fs)
 	var lf logFlags
 	lf.register(fs)

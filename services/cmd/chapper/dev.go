@@ -10,6 +10,7 @@ import (
 
 	"github.com/chapper/chapper/services/auth"
 	"github.com/chapper/chapper/services/devstack"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // devDefaults are the flag defaults of `chapper dev` beyond the targets'
@@ -76,8 +77,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errors.Join(err, stack.Close())
 	}
 	a.Stack = stack
-	// a search child that died turns /readyz red until StartSearch
+	// a search child that died turns /readyz red until its supervisor has
+	// restarted it; its metrics join dev's /metrics
 	a.admin.AddCheck("search-server", stack.SearchReady)
+	a.admin.SetGatherer(stack.Gatherer(prometheus.DefaultGatherer))
 	a.DataDir, _ = filepath.Abs(sc.Dir)
 	a.authDir, a.tlsCert = c.auth.KeysDir, c.grpc.TLSCert
 	// Dev mode talks to its own broker, whatever -kafka.brokers says.

@@ -16,6 +16,8 @@ type devRun struct {
 	// Endpoints maps each endpoint line's label ("gRPC + gRPC-web",
 	// "admin", "Kafka", "Postgres", "Redis", "search") to its address.
 	Endpoints map[string]string
+	// Lines maps each label to the rest of its endpoint line.
+	Lines map[string]string
 	// Dir is the dev data directory.
 	Dir string
 
@@ -43,7 +45,7 @@ func startDev(t *testing.T, ctx context.Context, extra ...string) *devRun {
 	}()
 	var stopped bool
 	var stopErr error
-	d := &devRun{Endpoints: map[string]string{}, Dir: dir, stop: func() error {
+	d := &devRun{Endpoints: map[string]string{}, Lines: map[string]string{}, Dir: dir, stop: func() error {
 		if !stopped {
 			stopped = true
 			cancel()
@@ -74,6 +76,7 @@ func startDev(t *testing.T, ctx context.Context, extra ...string) *devRun {
 		if label == "data" {
 			break
 		}
+		d.Lines[label] = rest
 		if f := strings.Fields(rest); len(f) > 0 {
 			d.Endpoints[label] = f[0]
 		}

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"github.com/chapper/chapper/pipelines/report"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,6 +227,28 @@ func TestServeIngest(t *testing.T) {
 	}
 }
 
+// metricValue returns the value of the series name without labels in a
+// text exposition.
+func metricValue(exposition, name string) (float64, bool) {
+	for _, l := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+// processAlive reports whether pid is a live process, not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	state := b[bytes.LastIndexByte(b, ')')+2]
+	return state != 'Z' && state != 'X'
+}
+
 func get(t *testing.T, ctx context.Context, url string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -317,6 +344,45 @@ func TestDev(t *testing.T) {
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
+	}
+	// the search child's metrics are on dev's /metrics: it indexed the
+	// intention
+	_, metrics := get(t, ctx, adminURL+"/metrics")
+	if v, ok := metricValue(metrics, "chapper_searchserver_documents_written_total"); !ok || v < 1 {
+		t.Errorf("dev's /metrics: chapper_searchserver_documents_written_total = %v (present %v), want >= 1", v, ok)
+	}
+	for _, m := range []string{"chapper_searchserver_request_seconds_bucket", "chapper_dev_search_metrics_up 1", "chapper_dev_search_restarts_total 0", "chapper_ingest_records_total"} {
+		if !strings.Contains(metrics, m) {
+			t.Errorf("dev's /metrics lacks %s", m)
+		}
+	}
+	// a SIGKILLed search child comes back by itself, its data kept
+	pm := regexp.MustCompile(`process (\d+),`).FindStringSubmatch(dev.Lines["search"])
+	if pm == nil {
+		t.Fatalf("no search child pid in %q", dev.Lines["search"])
+	}
+	pid, _ := strconv.Atoi(pm[1])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, metrics = get(t, ctx, adminURL+"/metrics")
+		if v, _ := metricValue(metrics, "chapper_dev_search_restarts_total"); v == 1 && strings.Contains(metrics, "chapper_dev_search_metrics_up 1") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the search child never came back; /metrics:\n%s", metrics)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	waitHTTP(t, ctx, adminURL+"/readyz", http.StatusOK)
+	if processAlive(pid) {
+		t.Errorf("the SIGKILLed search child %d is still alive", pid)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"report", "intentions", "-search.addresses=" + searchURL, "-from=-1h", "-to=+1h"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), edinburghRegion) {
+		t.Errorf("report after the search child's restart: %v\n%s", err, out.String())
 	}
 	if err := dev.Stop(); err != nil {
 		t.Fatalf("dev returned %v on shutdown", err)
