@@ -40,12 +40,12 @@
 --
 -- TTLs: a locality's five keys get their TTL (PEXPIRE) at the end of a
 -- call that wrote there when +14 asks for it, and each key the call may
--- have created: all five when the timeline was empty before a ZADD (so
--- were the records hash and, but for a hand deletion, the seen set), the
--- replaced hash and the seen set when the replaced hash was written (rare:
--- corrections), the counters when a counter field was created. A key can
--- lack its TTL only after a hand deletion, until the sink's next refresh
--- of the locality (TTL/100 at most) or restart.
+-- have created: the timeline, the records hash and the seen set when the
+-- timeline was empty before a ZADD, the replaced hash and the seen set
+-- when the replaced hash was written (rare: corrections), the counters
+-- when a counter field was created. A key can lack its TTL only after a
+-- hand deletion, until the sink's next refresh of the locality (TTL/100 at
+-- most) or restart.
 local ttl, keep = ARGV[1], tonumber(ARGV[2])
 local want = {'set', 'zset', 'hash', 'hash', 'hash'}
 -- per locality (by k): the first error found (broken), the keys proven to
@@ -308,9 +308,12 @@ local function apply(o)
     add(k, kind, 1)
     add(k, detail, 1)
     if card[k] == 0 then
-      -- the timeline and the records hash are created here, and the
-      -- other keys if the locality is new
-      created(k)
+      -- the timeline and the records hash are created here, and the seen
+      -- set if the locality is new (the counters are noted when a field
+      -- is new, the replaced hash when it is written)
+      created(k, 0)
+      created(k, 1)
+      created(k, 3)
     end
     local n = card[k] + redis.call('ZADD', tl, ARGV[o + 3], id)
     if n > keep then
