@@ -1,6 +1,7 @@
 package query_test
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -300,6 +302,11 @@ var freshRate = func() int {
 	return freshTarget
 }()
 
+// freshTrace is CHAPPER_BENCH_FRESH_TRACE: a file to which BenchmarkFreshness
+// writes every record's times (a look at where the tail is), and the ask to
+// print redis-server's commands per record.
+var freshTrace = os.Getenv("CHAPPER_BENCH_FRESH_TRACE")
+
 // BenchmarkFreshness measures end-to-end freshness: from the moment a
 // Submit is due to the moment its record arrives in an open WatchChunk
 // stream, at 7,000 records/s offered (open loop: Submits are issued on a
@@ -321,7 +328,15 @@ func BenchmarkFreshness(b *testing.B) {
 	}
 
 	for b.Loop() {
+		if freshTrace != "" {
+			if err := st.rdb.ConfigResetStat(context.Background()).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
 		run := runFreshness(b, st, locs, watches)
+		if freshTrace != "" {
+			printCommandStats(b, st.rdb, run.e2e.n)
+		}
 		raw := runRawPublish(b, st.rdb)
 		b.ReportMetric(run.e2e.p50, "p50-ms")
 		b.ReportMetric(run.e2e.p99, "p99-ms")
@@ -356,7 +371,6 @@ func summarise(tb testing.TB, d []time.Duration, elapsed time.Duration) latencie
 		tb.Fatal("no samples")
 	}
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	ms := func(x time.Duration) float64 { return float64(x) / float64(time.Millisecond) }
 	q := func(p float64) float64 { return ms(d[min(len(d)-1, int(p*float64(len(d))))]) }
 	return latencies{p50: q(0.50), p99: q(0.99), max: ms(d[len(d)-1]), rate: float64(len(d)) / elapsed.Seconds(), n: len(d)}
 }
@@ -487,6 +501,18 @@ func runFreshness(tb testing.TB, st *stack, locs []locality.Index, watches []*wa
 	}
 	stop()
 
+	if freshTrace != "" {
+		var sb strings.Builder
+		sb.WriteString("due_ms\tnews_ms\twatch_ms\n")
+		for _, t := range seen {
+			if !t.due.IsZero() && !t.news.IsZero() && !t.watch.IsZero() {
+				fmt.Fprintf(&sb, "%.1f\t%.2f\t%.2f\n", ms(t.due.Sub(start)), ms(t.news.Sub(t.due)), ms(t.watch.Sub(t.due)))
+			}
+		}
+		if err := os.WriteFile(freshTrace, []byte(sb.String()), 0o644); err != nil {
+			tb.Error(err)
+		}
+	}
 	var e2e, toNews, toWatch []time.Duration
 	for _, t := range seen {
 		if t.due.IsZero() || t.watch.IsZero() {
@@ -504,6 +530,51 @@ func runFreshness(tb testing.TB, st *stack, locs []locality.Index, watches []*wa
 		news:  summarise(tb, toNews, offered),
 		query: summarise(tb, toWatch, offered),
 	}
+}
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// printCommandStats prints redis-server's calls and microseconds per record
+// of each command since the last CONFIG RESETSTAT (the timeline script's
+// EVALSHA, and the commands it ran inside).
+func printCommandStats(tb testing.TB, rdb redis.UniversalClient, records int) {
+	tb.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	type stat struct {
+		cmd         string
+		calls, usec float64
+	}
+	var stats []stat
+	for line := range strings.Lines(info) {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		cmd, found := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !found {
+			continue
+		}
+		st := stat{cmd: cmd}
+		for field := range strings.SplitSeq(rest, ",") {
+			k, v, _ := strings.Cut(field, "=")
+			switch k {
+			case "calls":
+				st.calls, _ = strconv.ParseFloat(v, 64)
+			case "usec":
+				st.usec, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		if st.calls >= float64(records)/1000 {
+			stats = append(stats, st)
+		}
+	}
+	slices.SortFunc(stats, func(a, b stat) int { return cmp.Compare(b.usec, a.usec) })
+	fmt.Printf("redis-server per record (%d records; EVALSHA includes the commands it ran):", records)
+	for _, st := range stats {
+		fmt.Printf(" %s %.2f calls %.2f µs;", st.cmd, st.calls/float64(records), st.usec/float64(records))
+	}
+	fmt.Println()
 }
 
 // runRawPublish publishes freshRate messages/s for freshDuration on one
