@@ -28,7 +28,8 @@ dir="$PWD/var/capacity/dev"
 rm -rf "$dir"
 ./bin/chapper dev -auth -log.level=warn -dev.dir="$dir" \
   -grpc.addr=127.0.0.1:17070 -admin.addr=127.0.0.1:17071 -dev.kafka-addr=127.0.0.1:29092 \
-  -dev.postgres-addr=127.0.0.1:25432 -dev.redis-addr=127.0.0.1:26379 -dev.search-addr=127.0.0.1:29200 \
+  -dev.postgres-addr=127.0.0.1:25432 -dev.redis-addr=127.0.0.1:26379 -dev.ids-redis-addr=127.0.0.1:26380 \
+  -dev.search-addr=127.0.0.1:29200 \
   > var/capacity/dev.log 2>&1 &
 dev=$!
 trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null' EXIT

@@ -23,7 +23,7 @@ var stackDatabases = []string{"chapper_router", "chapper_shard_0", "chapper_shar
 // StackConfig configures dev mode's embedded stack.
 type StackConfig struct {
 	// Dir holds every server's data: Dir/kafka, Dir/pg, Dir/redis,
-	// Dir/search.
+	// Dir/redis-ids, Dir/search.
 	Dir string
 	// KafkaAddr is the embedded broker's listen address.
 	KafkaAddr string
@@ -31,6 +31,12 @@ type StackConfig struct {
 	PostgresAddr string
 	// RedisAddr is the redis-server's listen address.
 	RedisAddr string
+	// IDsRedisAddr is the listen address of a second redis-server, for
+	// ingest's shared id store alone, so that a Submit's claims never wait
+	// behind the timeline's scripts (a whole batch of several hundred
+	// records holds Redis for tens of milliseconds); empty starts none,
+	// and the id store shares the first.
+	IDsRedisAddr string
 	// SearchAddr is the embedded search server's listen address.
 	SearchAddr string
 	// Partitions is the partition count of topics created with the
@@ -59,13 +65,14 @@ type StackConfig struct {
 }
 
 // RegisterFlags registers the stack's flags under prefix, e.g. dev.dir,
-// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.partitions,
+// dev.kafka-addr, dev.postgres-addr, dev.redis-addr, dev.ids-redis-addr, dev.partitions,
 // dev.kafka-fsync, dev.search-process, dev.search-nice.
 func (c *StackConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
-	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/, search/); kept across runs.")
+	fs.StringVar(&c.Dir, prefix+".dir", "var", "Directory of the embedded stack's data (kafka/, pg/, redis/, redis-ids/, search/); kept across runs.")
 	fs.StringVar(&c.KafkaAddr, prefix+".kafka-addr", "127.0.0.1:19092", "Listen address of the embedded Kafka broker.")
 	fs.StringVar(&c.PostgresAddr, prefix+".postgres-addr", "127.0.0.1:15432", "Listen address of the private Postgres cluster.")
 	fs.StringVar(&c.RedisAddr, prefix+".redis-addr", "127.0.0.1:16379", "Listen address of the private redis-server.")
+	fs.StringVar(&c.IDsRedisAddr, prefix+".ids-redis-addr", "127.0.0.1:16380", "Listen address of a second private redis-server, for ingest's shared id store alone, so that acknowledgements never wait behind the timeline's scripts; empty shares -"+prefix+".redis-addr.")
 	fs.StringVar(&c.SearchAddr, prefix+".search-addr", "127.0.0.1:19200", "Listen address of the embedded search server (Elasticsearch API subset).")
 	fs.IntVar(&c.Partitions, prefix+".partitions", 12, "Partitions of topics created with the broker's default.")
 	fs.BoolVar(&c.KafkaFsync, prefix+".kafka-fsync", false, "Fsync every produced batch before the embedded broker acknowledges it (survives a power cut; much slower). Without it each batch is written to its files before the ack, which survives a crash of chapper.")
@@ -104,6 +111,9 @@ type Stack struct {
 	Postgres *Postgres
 	// Redis is the private redis-server (append-only file on).
 	Redis *Redis
+	// IDs is the second private redis-server, for ingest's id store
+	// (StackConfig.IDsRedisAddr); nil when none was asked for.
+	IDs *Redis
 	// Search is the embedded search server, serving the Elasticsearch API
 	// subset Chapper uses, when it runs inside this process; nil when it
 	// runs as a child (StackConfig.SearchProcess). SearchAddr works in both
@@ -167,7 +177,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 
 	// Postgres and Redis start side by side: initdb dominates a first run.
 	var wg sync.WaitGroup
-	var pgErr, redisErr error
+	var pgErr, redisErr, idsErr error
 	wg.Go(func() {
 		s.Postgres, pgErr = StartPostgres(ctx, PostgresConfig{
 			DataDir:   filepath.Join(dir, "pg"),
@@ -183,9 +193,18 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 			Logger:  log,
 		})
 	})
+	if cfg.IDsRedisAddr != "" {
+		wg.Go(func() {
+			s.IDs, idsErr = StartRedis(ctx, RedisConfig{
+				DataDir: filepath.Join(dir, "redis-ids"),
+				Addr:    cfg.IDsRedisAddr,
+				Logger:  log,
+			})
+		})
+	}
 	wg.Wait()
 
-	if err := errors.Join(pgErr, redisErr); err != nil {
+	if err := errors.Join(pgErr, redisErr, idsErr); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
 	s.searchDir, s.searchAddr = filepath.Join(dir, "search"), cfg.SearchAddr
@@ -338,6 +357,9 @@ func (s *Stack) SearchReady() error {
 // their data, and returns the errors joined. Close is idempotent.
 func (s *Stack) Close() error {
 	errs := []error{s.StopSearch()}
+	if s.IDs != nil {
+		errs = append(errs, s.IDs.Close())
+	}
 	if s.Redis != nil {
 		errs = append(errs, s.Redis.Close())
 	}

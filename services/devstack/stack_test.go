@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -26,12 +27,12 @@ func TestStackConfig(t *testing.T) {
 	if err := fs.Parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	want := devstack.StackConfig{Dir: "var", KafkaAddr: "127.0.0.1:19092", PostgresAddr: "127.0.0.1:15432", RedisAddr: "127.0.0.1:16379", SearchAddr: "127.0.0.1:19200", Partitions: 12,
-		SearchProcess: true, SearchNice: 10}
+	want := devstack.StackConfig{Dir: "var", KafkaAddr: "127.0.0.1:19092", PostgresAddr: "127.0.0.1:15432", RedisAddr: "127.0.0.1:16379", IDsRedisAddr: "127.0.0.1:16380",
+		SearchAddr: "127.0.0.1:19200", Partitions: 12, SearchProcess: true, SearchNice: 10}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults = %+v, want %+v", cfg, want)
 	}
-	for _, name := range []string{"dev.dir", "dev.kafka-addr", "dev.postgres-addr", "dev.redis-addr", "dev.partitions", "dev.kafka-fsync", "dev.search-process", "dev.search-nice"} {
+	for _, name := range []string{"dev.dir", "dev.kafka-addr", "dev.postgres-addr", "dev.redis-addr", "dev.ids-redis-addr", "dev.partitions", "dev.kafka-fsync", "dev.search-process", "dev.search-nice"} {
 		if fs.Lookup(name) == nil {
 			t.Errorf("flag %s not registered", name)
 		}
@@ -78,6 +79,7 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 		KafkaAddr:    "127.0.0.1:0",
 		PostgresAddr: "127.0.0.1:0",
 		RedisAddr:    "127.0.0.1:0",
+		IDsRedisAddr: "127.0.0.1:0",
 		SearchAddr:   "127.0.0.1:0",
 		Partitions:   3,
 	}
@@ -93,6 +95,11 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 		execSQL(ctx, t, s.Postgres, db, "CREATE TABLE marks (n int); INSERT INTO marks VALUES (1)")
 	}
 	redisSet(ctx, t, s.Redis.Addr(), "k", "v")
+	// the id store's redis-server is another server, with data of its own
+	redisSet(ctx, t, s.IDs.Addr(), "ids", "w")
+	if v, err := redisGet(ctx, s.IDs.Addr(), "k"); !errors.Is(err, redis.Nil) {
+		t.Errorf("GET k on the id store's redis-server = %q, %v; want no such key", v, err)
+	}
 	searchDo(ctx, t, http.MethodPut, s.SearchURL()+"/marks/_doc/1?refresh=true", `{"n":1}`, http.StatusCreated)
 
 	if err := s.Close(); err != nil {
@@ -121,6 +128,9 @@ func TestStackKeepsDataAcrossRestart(t *testing.T) {
 	}
 	if v, err := redisGet(ctx, s.Redis.Addr(), "k"); err != nil || v != "v" {
 		t.Errorf("redis after restart: GET k = %q, %v; want v", v, err)
+	}
+	if v, err := redisGet(ctx, s.IDs.Addr(), "ids"); err != nil || v != "w" {
+		t.Errorf("the id store's redis after restart: GET ids = %q, %v; want w", v, err)
 	}
 	searchDo(ctx, t, http.MethodGet, s.SearchURL()+"/marks/_doc/1", "", http.StatusOK)
 }

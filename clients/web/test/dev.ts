@@ -35,7 +35,8 @@ export async function startDev(extra: string[] = []): Promise<Dev> {
   const args = [
     "dev", "-log.level=warn", `-dev.dir=${dir}`,
     "-grpc.addr=127.0.0.1:0", "-admin.addr=127.0.0.1:0", "-dev.kafka-addr=127.0.0.1:0",
-    "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.search-addr=127.0.0.1:0",
+    "-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.ids-redis-addr=127.0.0.1:0",
+    "-dev.search-addr=127.0.0.1:0",
     ...extra,
   ];
   const child: ChildProcess = spawn(chapperBin, args, { stdio: ["ignore", "pipe", "pipe"] });

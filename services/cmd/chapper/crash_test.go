@@ -17,11 +17,11 @@ const crashRounds = 3
 // devPorts are the addresses of one `chapper dev`, fixed across its
 // restarts.
 type devPorts struct {
-	grpc, admin, kafka, pg, redis, search string
+	grpc, admin, kafka, pg, redis, idsRedis, search string
 }
 
-// newDevPorts picks six distinct free ports. Every listener stays open
-// until all six are picked: a port closed at once may be handed out again
+// newDevPorts picks seven distinct free ports. Every listener stays open
+// until all seven are picked: a port closed at once may be handed out again
 // by the next pick (two servers on one port).
 func newDevPorts(t testing.TB) devPorts {
 	var ls []net.Listener
@@ -38,14 +38,15 @@ func newDevPorts(t testing.TB) devPorts {
 		ls = append(ls, l)
 		return l.Addr().String()
 	}
-	return devPorts{a(), a(), a(), a(), a(), a()}
+	return devPorts{a(), a(), a(), a(), a(), a(), a()}
 }
 
 // args are `chapper dev`'s flags for p and dir.
 func (p devPorts) args(dir string, extra ...string) []string {
 	return append([]string{"dev", "-log.level=warn", "-dev.dir=" + dir,
 		"-grpc.addr=" + p.grpc, "-admin.addr=" + p.admin, "-dev.kafka-addr=" + p.kafka,
-		"-dev.postgres-addr=" + p.pg, "-dev.redis-addr=" + p.redis, "-dev.search-addr=" + p.search}, extra...)
+		"-dev.postgres-addr=" + p.pg, "-dev.redis-addr=" + p.redis,
+		"-dev.ids-redis-addr=" + p.idsRedis, "-dev.search-addr=" + p.search}, extra...)
 }
 
 // stores are the dev stack's stores, for verify.

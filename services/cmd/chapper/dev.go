@@ -116,6 +116,9 @@ func printEndpoints(w io.Writer, a *app, names []string) {
 	if s.Redis != nil {
 		fmt.Fprintf(w, "  Redis            %s\n", s.Redis.Addr())
 	}
+	if s.IDs != nil {
+		fmt.Fprintf(w, "  Redis (ids)      %s  (ingest's id store)\n", s.IDs.Addr())
+	}
 	where := "in this process"
 	if pid := s.SearchPid(); pid != 0 {
 		where = fmt.Sprintf("process %d, nice %d, log %s", pid, s.SearchNice(), s.SearchLog())

@@ -35,7 +35,8 @@ func startDev(t *testing.T, ctx context.Context, extra ...string) *devRun {
 	dir := t.TempDir()
 	args := append([]string{"dev", "-log.level=warn", "-dev.dir=" + dir,
 		"-grpc.addr=127.0.0.1:0", "-admin.addr=127.0.0.1:0", "-dev.kafka-addr=127.0.0.1:0",
-		"-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.search-addr=127.0.0.1:0"}, extra...)
+		"-dev.postgres-addr=127.0.0.1:0", "-dev.redis-addr=127.0.0.1:0", "-dev.ids-redis-addr=127.0.0.1:0",
+		"-dev.search-addr=127.0.0.1:0"}, extra...)
 	runCtx, cancel := context.WithCancel(ctx)
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)

@@ -22,6 +22,7 @@ import (
 	"github.com/chapper/chapper/services/devstack"
 	"github.com/chapper/chapper/services/devstack/devtest"
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -306,8 +307,19 @@ func TestDev(t *testing.T) {
 	if err != nil || resp.GetResults()[0].GetStatus() != canvassv1.Status_STATUS_ACCEPTED {
 		t.Fatalf("Submit: %v %v", resp, err)
 	}
-	// the timeline target materialises it and the query target reads it back
+	// the id store keeps the id on the second redis-server, kept for it,
+	// and the timeline's redis-server holds none
 	id := resp.GetResults()[0].GetId()
+	idKey := "ingest:id:{" + id + "}"
+	for label, want := range map[string]int64{"Redis (ids)": 1, "Redis": 0} {
+		rdb := redis.NewClient(&redis.Options{Addr: dev.Endpoints[label]})
+		n, err := rdb.Exists(ctx, idKey).Result()
+		_ = rdb.Close()
+		if err != nil || n != want {
+			t.Errorf("EXISTS %s on %s (%s) = %d, %v; want %d", idKey, label, dev.Endpoints[label], n, err, want)
+		}
+	}
+	// the timeline target materialises it and the query target reads it back
 	q := canvassv1.NewQueryServiceClient(conn)
 	for found := false; !found; {
 		chunk, err := q.GetChunk(ctx, &canvassv1.GetChunkRequest{Location: &canvassv1.Location{Latitude: 55.9533, Longitude: -3.1883}})

@@ -20,9 +20,15 @@ func init() {
 					return err
 				}
 				cfg.Brokers = a.Brokers
-				if a.Stack != nil && a.Stack.Redis != nil && cfg.RedisAddrs == "" {
-					// dev: the shared id store is the dev Redis
-					cfg.RedisAddrs = a.Stack.Redis.Addr()
+				if a.Stack != nil && cfg.RedisAddrs == "" {
+					// dev: the shared id store is the dev Redis kept for
+					// it, or the one Redis
+					switch {
+					case a.Stack.IDs != nil:
+						cfg.RedisAddrs = a.Stack.IDs.Addr()
+					case a.Stack.Redis != nil:
+						cfg.RedisAddrs = a.Stack.Redis.Addr()
+					}
 				}
 				cfg.Logger = a.Log
 				svc, err := ingest.New(cfg)
