@@ -291,20 +291,17 @@ local function apply(o)
     redis.call('HDEL', rec, replaces)
   end
   if count then
-    if not proven[k][3] then
-      local r = redis.pcall('HSET', rec, id, ARGV[o + 4])
-      if type(r) == 'table' and r.err then
-        -- the SADD above was this op's only write
-        redis.call('SREM', seen, id)
-        if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
-          return badKey(k, 3)
-        end
-        return r
+    -- the records hash's first write here proves its type (plain ops)
+    local r = redis.pcall('HSET', rec, id, ARGV[o + 4])
+    if type(r) == 'table' and r.err then
+      -- the SADD above was this op's only write
+      redis.call('SREM', seen, id)
+      if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
+        return badKey(k, 3)
       end
-      proven[k][3] = true
-    else
-      redis.call('HSET', rec, id, ARGV[o + 4])
+      return r
     end
+    proven[k][3] = true
     add(k, kind, 1)
     add(k, detail, 1)
     if card[k] == 0 then

@@ -2,7 +2,6 @@ package devstack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -84,17 +83,12 @@ func (s *Stack) gatherSearch() ([]*dto.MetricFamily, error) {
 	st := s.searchStats
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	s.searchMu.Lock()
-	proc, addr := s.searchProc, s.searchMetricsAddr
-	s.searchMu.Unlock()
 	var fams []*dto.MetricFamily
-	var err error
-	switch {
-	case proc == nil:
-		err = errors.New("the search server is stopped")
-	case proc.exited():
-		err = fmt.Errorf("the search server's process (pid %d) exited: %v", proc.pid(), proc.err)
-	default:
+	err := s.SearchReady()
+	if err == nil {
+		s.searchMu.Lock()
+		addr := s.searchMetricsAddr
+		s.searchMu.Unlock()
 		fams, err = st.read(addr)
 	}
 	if err != nil {

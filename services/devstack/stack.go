@@ -186,21 +186,12 @@ func StartStack(ctx context.Context, cfg StackConfig) (*Stack, error) {
 			Logger:    log,
 		})
 	})
-	wg.Go(func() {
-		s.Redis, redisErr = StartRedis(ctx, RedisConfig{
-			DataDir: filepath.Join(dir, "redis"),
-			Addr:    cfg.RedisAddr,
-			Logger:  log,
-		})
-	})
+	startRedis := func(sub, addr string) (*Redis, error) {
+		return StartRedis(ctx, RedisConfig{DataDir: filepath.Join(dir, sub), Addr: addr, Logger: log})
+	}
+	wg.Go(func() { s.Redis, redisErr = startRedis("redis", cfg.RedisAddr) })
 	if cfg.IDsRedisAddr != "" {
-		wg.Go(func() {
-			s.IDs, idsErr = StartRedis(ctx, RedisConfig{
-				DataDir: filepath.Join(dir, "redis-ids"),
-				Addr:    cfg.IDsRedisAddr,
-				Logger:  log,
-			})
-		})
+		wg.Go(func() { s.IDs, idsErr = startRedis("redis-ids", cfg.IDsRedisAddr) })
 	}
 	wg.Wait()
 
