@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,39 @@ import (
 // withStore points ingest at the shared id store at addr under prefix.
 func withStore(addr, prefix string) func(*Config) {
 	return func(c *Config) { c.RedisAddrs, c.RedisPrefix = addr, prefix }
+}
+
+// storeSet puts value under id (its text) in the shared id store under
+// prefix, as another instance's claim would, with an hour's expiry.
+func storeSet(ctx context.Context, rc redis.UniversalClient, prefix, id, value string) error {
+	key, field := IDStoreSlot(prefix, uuid.MustParse(id))
+	if field == "" {
+		return rc.Set(ctx, key, value, time.Hour).Err()
+	}
+	if err := rc.HSet(ctx, key, field, value).Err(); err != nil {
+		return err
+	}
+	return rc.Expire(ctx, key, time.Hour).Err()
+}
+
+// storeHas says whether the shared id store under prefix holds id.
+func storeHas(ctx context.Context, rc redis.UniversalClient, prefix, id string) (bool, error) {
+	key, field := IDStoreSlot(prefix, uuid.MustParse(id))
+	if field == "" {
+		n, err := rc.Exists(ctx, key).Result()
+		return n == 1, err
+	}
+	return rc.HExists(ctx, key, field).Result()
+}
+
+// storeDel drops id from the shared id store under prefix.
+func storeDel(ctx context.Context, rc redis.UniversalClient, prefix, id string) {
+	key, field := IDStoreSlot(prefix, uuid.MustParse(id))
+	if field == "" {
+		rc.Del(ctx, key)
+		return
+	}
+	rc.HDel(ctx, key, field)
 }
 
 func submit(t *testing.T, ctx context.Context, r *running, req *canvassv1.SubmitRequest) []*canvassv1.RecordResult {
@@ -192,7 +226,6 @@ func TestIDStoreInFlight(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	t.Cleanup(func() { _ = rc.Close() })
 	ctx := testCtx(t, 90*time.Second)
-	key := func(id string) string { return prefix + "id:{" + id + "}" }
 
 	t.Run("failed produce is released", func(t *testing.T) {
 		k2 := devtest.Kafka(t)
@@ -202,20 +235,20 @@ func TestIDStoreInFlight(t *testing.T) {
 		if _, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}}); status.Code(err) != codes.Unavailable {
 			t.Fatalf("Submit with kafka down = %v, want UNAVAILABLE", err)
 		}
-		if n, err := rc.Exists(ctx, key(v.Id)).Result(); err != nil || n != 0 {
-			t.Errorf("claim of %s still in the store after its produce failed (exists %d, %v)", v.Id, n, err)
+		if ok, err := storeHas(ctx, rc, prefix, v.Id); err != nil || ok {
+			t.Errorf("claim of %s still in the store after its produce failed (held %v, %v)", v.Id, ok, err)
 		}
 	})
 
 	r := startIngest(t, k.Addr(), withStore(rd.Addr(), prefix))
 	t.Run("waits, then takes over a released claim", func(t *testing.T) {
 		v := validVisit(t)
-		if err := rc.Set(ctx, key(v.Id), claimValue("other", time.Now(), "x"), time.Minute).Err(); err != nil {
+		if err := storeSet(ctx, rc, prefix, v.Id, claimValue("other", time.Now(), "x")); err != nil {
 			t.Fatal(err)
 		}
 		go func() {
 			time.Sleep(300 * time.Millisecond)
-			rc.Del(context.Background(), key(v.Id))
+			storeDel(context.Background(), rc, prefix, v.Id)
 		}()
 		start := time.Now()
 		wantStatus(t, submit(t, ctx, r, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})[0], canvassv1.Status_STATUS_ACCEPTED, "")
@@ -225,7 +258,7 @@ func TestIDStoreInFlight(t *testing.T) {
 	})
 	t.Run("claim that never ends", func(t *testing.T) {
 		v := validVisit(t)
-		if err := rc.Set(ctx, key(v.Id), claimValue("other", time.Now(), "x"), time.Minute).Err(); err != nil {
+		if err := storeSet(ctx, rc, prefix, v.Id, claimValue("other", time.Now(), "x")); err != nil {
 			t.Fatal(err)
 		}
 		_, err := r.client.Submit(ctx, &canvassv1.SubmitRequest{Visits: []*canvassv1.Visit{v}})
@@ -351,7 +384,7 @@ func TestLimits(t *testing.T) {
 	rc := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	defer rc.Close()
 	held := batch(1)
-	if err := rc.Set(ctx, prefix+"id:{"+held.Visits[0].Id+"}", claimValue("other", time.Now(), "x"), time.Minute).Err(); err != nil {
+	if err := storeSet(ctx, rc, prefix, held.Visits[0].Id, claimValue("other", time.Now(), "x")); err != nil {
 		t.Fatal(err)
 	}
 	c3 := withToken(t, ctx, is, "c3", auth.RoleCanvasser, nil)
@@ -374,7 +407,7 @@ func TestLimits(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || retryDelay(err) <= 0 {
 		t.Errorf("Submit over the in-flight limit = %v, want RESOURCE_EXHAUSTED with RetryInfo", err)
 	}
-	rc.Del(ctx, prefix+"id:{"+held.Visits[0].Id+"}")
+	storeDel(ctx, rc, prefix, held.Visits[0].Id)
 	if err := <-done; err != nil {
 		t.Errorf("holding Submit: %v", err)
 	}
@@ -415,8 +448,20 @@ func TestIDStoreCluster(t *testing.T) {
 // takes new ids, answers in flight for another owner's claim and claimed
 // again for the owner's own (a retried call), release drops only the
 // owner's claims, ack makes them acked with their stamps and the id TTL.
-// A flushed script cache (a restarted redis-server) is loaded again.
+// A flushed script cache (a restarted redis-server) is loaded again. Each
+// runs with random ids (a key each), time-ordered ids of one minute (one
+// hash) and a mix over several hashes.
 func TestIDStoreBatchSteps(t *testing.T) {
+	layouts := []struct {
+		name string
+		ids  func() []uuid.UUID
+	}{
+		{"random", func() []uuid.UUID { return []uuid.UUID{uuid.New(), uuid.New(), uuid.New()} }}, // a key each
+		{"one minute", func() []uuid.UUID { return []uuid.UUID{v7At(t, time.Now()), v7At(t, time.Now()), v7At(t, time.Now())} }},
+		{"mixed", func() []uuid.UUID {
+			return []uuid.UUID{v7At(t, time.Now()), uuid.New(), v7At(t, time.Now().Add(-time.Hour))}
+		}},
+	}
 	for _, tc := range []struct {
 		name       string
 		addrs      func(testing.TB) []string
@@ -425,105 +470,182 @@ func TestIDStoreBatchSteps(t *testing.T) {
 		{name: "standalone", addrs: func(t testing.TB) []string { return []string{devtest.Redis(t).Addr()} }, standalone: true},
 		{name: "cluster", addrs: devtest.RedisCluster},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: tc.addrs(t)})
-			t.Cleanup(func() { _ = client.Close() })
-			s := newIDStore(client, "steps:"+newID(t)+":", time.Hour, time.Minute)
-			ctx := testCtx(t, 30*time.Second)
-			if tc.standalone {
-				if err := client.ScriptFlush(ctx).Err(); err != nil {
+		client := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: tc.addrs(t)})
+		t.Cleanup(func() { _ = client.Close() })
+		for _, layout := range layouts {
+			t.Run(tc.name+"/"+layout.name, func(t *testing.T) {
+				s := newIDStore(client, "steps:"+newID(t)+":", time.Hour, time.Minute)
+				ctx := testCtx(t, 30*time.Second)
+				if tc.standalone {
+					if err := client.ScriptFlush(ctx).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				ids := layout.ids()
+				stamps := []string{"s0", "s1", "s2"}
+				states := func(as []idAnswer) []claimState {
+					out := make([]claimState, len(as))
+					for k, a := range as {
+						out[k] = a.state
+					}
+					return out
+				}
+				mustClaim := func(owner string, ids []uuid.UUID, stamps []string, want ...claimState) []idAnswer {
+					t.Helper()
+					as, err := s.claim(ctx, owner, ids, stamps)
+					if err != nil {
+						t.Fatalf("claim as %s: %v", owner, err)
+					}
+					if got := states(as); !slices.Equal(got, want) {
+						t.Fatalf("claim as %s: states %v, want %v", owner, got, want)
+					}
+					return as
+				}
+				mustClaim("a", ids[:2], stamps[:2], claimed, claimed)
+				mustClaim("a", ids[:2], stamps[:2], claimed, claimed) // own claims: a retried call
+				as := mustClaim("b", ids, []string{"x0", "x1", "x2"}, inFlight, inFlight, claimed)
+				if as[0].stamp != "s0" {
+					t.Errorf("an in-flight claim's stamp = %q, want s0", as[0].stamp)
+				}
+				// b may not release a's claim; a releases ids[1] and acks ids[0].
+				if err := s.release(ctx, "b", ids[:1]); err != nil {
 					t.Fatal(err)
 				}
-			}
-			ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
-			stamps := []string{"s0", "s1", "s2"}
-			states := func(as []idAnswer) []claimState {
-				out := make([]claimState, len(as))
-				for k, a := range as {
-					out[k] = a.state
+				if err := s.release(ctx, "a", ids[1:2]); err != nil {
+					t.Fatal(err)
 				}
-				return out
-			}
-			mustClaim := func(owner string, ids []uuid.UUID, stamps []string, want ...claimState) []idAnswer {
-				t.Helper()
-				as, err := s.claim(ctx, owner, ids, stamps)
+				if err := s.ack(ctx, ids[:1], stamps[:1]); err != nil {
+					t.Fatal(err)
+				}
+				got, err := s.lookup(ctx, ids)
 				if err != nil {
-					t.Fatalf("claim as %s: %v", owner, err)
+					t.Fatal(err)
 				}
-				if got := states(as); !slices.Equal(got, want) {
-					t.Fatalf("claim as %s: states %v, want %v", owner, got, want)
+				if st := states(got); !slices.Equal(st, []claimState{acked, unknown, inFlight}) || got[0].stamp != "s0" || got[2].stamp != "x2" {
+					t.Errorf("lookup after release and ack: %+v", got)
 				}
-				return as
-			}
-			mustClaim("a", ids[:2], stamps[:2], claimed, claimed)
-			mustClaim("a", ids[:2], stamps[:2], claimed, claimed) // own claims: a retried call
-			as := mustClaim("b", ids, []string{"x0", "x1", "x2"}, inFlight, inFlight, claimed)
-			if as[0].stamp != "s0" {
-				t.Errorf("an in-flight claim's stamp = %q, want s0", as[0].stamp)
-			}
-			// b may not release a's claim; a releases ids[1] and acks ids[0].
-			if err := s.release(ctx, "b", ids[:1]); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.release(ctx, "a", ids[1:2]); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.ack(ctx, ids[:1], stamps[:1]); err != nil {
-				t.Fatal(err)
-			}
-			got, err := s.lookup(ctx, ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st := states(got); !slices.Equal(st, []claimState{acked, unknown, inFlight}) || got[0].stamp != "s0" || got[2].stamp != "x2" {
-				t.Errorf("lookup after release and ack: %+v", got)
-			}
-			as = mustClaim("c", ids, []string{"y0", "y1", "y2"}, acked, claimed, inFlight)
-			if as[0].stamp != "s0" {
-				t.Errorf("an acked id's stamp = %q, want s0", as[0].stamp)
-			}
-			// b's mark acknowledges every id b claimed (ids[2]), with b's stamp.
-			if err := s.markDone(ctx, "b"); err != nil {
-				t.Fatal(err)
-			}
-			as = mustClaim("d", ids[2:], []string{"z2"}, acked)
-			if as[0].stamp != "x2" {
-				t.Errorf("a marked claim's stamp = %q, want x2", as[0].stamp)
-			}
-			if got, err = s.lookup(ctx, ids[2:]); err != nil || got[0].state != acked {
-				t.Errorf("lookup of a marked claim: %+v, %v", got, err)
-			}
-			for _, id := range ids {
-				ttl, err := client.PTTL(ctx, s.key(id)).Result()
-				if err != nil || ttl <= time.Minute || ttl > time.Hour {
-					t.Errorf("%s: TTL = %v (%v), want the id TTL", id, ttl, err)
+				as = mustClaim("c", ids, []string{"y0", "y1", "y2"}, acked, claimed, inFlight)
+				if as[0].stamp != "s0" {
+					t.Errorf("an acked id's stamp = %q, want s0", as[0].stamp)
 				}
-			}
-			// A claim older than the claim TTL whose owner left no mark is
-			// stale: the next claim takes it over, once.
-			old := uuid.New()
-			if err := client.Set(ctx, s.key(old), claimValue("dead", time.Now().Add(-2*time.Minute), "o"), time.Hour).Err(); err != nil {
-				t.Fatal(err)
-			}
-			if got, err = s.lookup(ctx, []uuid.UUID{old}); err != nil || got[0].state != unknown {
-				t.Errorf("lookup of a stale claim: %+v, %v, want unknown", got, err)
-			}
-			mustClaim("e", []uuid.UUID{old}, []string{"e0"}, claimed)
-			mustClaim("f", []uuid.UUID{old}, []string{"f0"}, inFlight)
-		})
+				// b's mark acknowledges every id b claimed (ids[2]), with b's stamp.
+				if err := s.markDone(ctx, "b"); err != nil {
+					t.Fatal(err)
+				}
+				as = mustClaim("d", ids[2:], []string{"z2"}, acked)
+				if as[0].stamp != "x2" {
+					t.Errorf("a marked claim's stamp = %q, want x2", as[0].stamp)
+				}
+				if got, err = s.lookup(ctx, ids[2:]); err != nil || got[0].state != acked {
+					t.Errorf("lookup of a marked claim: %+v, %v", got, err)
+				}
+				for _, id := range ids {
+					ttl, err := client.PTTL(ctx, s.slot(id)).Result()
+					if err != nil || ttl < time.Hour-time.Minute || ttl > time.Hour+time.Minute {
+						t.Errorf("%s: TTL = %v (%v), want the id TTL", id, ttl, err)
+					}
+				}
+				// A claim older than the claim TTL whose owner left no mark is
+				// stale: the next claim takes it over, once.
+				old := layout.ids()[0]
+				if err := storeSet(ctx, client, s.prefix, old.String(), claimValue("dead", time.Now().Add(-2*time.Minute), "o")); err != nil {
+					t.Fatal(err)
+				}
+				if got, err = s.lookup(ctx, []uuid.UUID{old}); err != nil || got[0].state != unknown {
+					t.Errorf("lookup of a stale claim: %+v, %v, want unknown", got, err)
+				}
+				mustClaim("e", []uuid.UUID{old}, []string{"e0"}, claimed)
+				mustClaim("f", []uuid.UUID{old}, []string{"f0"}, inFlight)
+			})
+		}
 	}
 }
 
-// TestIDStoreKey checks the key's form: the prefix, then the id's text in
-// its own hash tag.
-func TestIDStoreKey(t *testing.T) {
+// TestIDStoreSlot checks where ids are kept: time-ordered ids (v7, v1)
+// of one minute share a hash named by that minute, whichever instance or
+// moment computes it, their fields the ids' 16 bytes; other ids have a
+// key of their own named by their text.
+func TestIDStoreSlot(t *testing.T) {
 	s := &idStore{prefix: "p:"}
+	at := time.Date(2026, 12, 2, 18, 30, 0, 0, time.UTC)
+	minute := strconv.FormatInt(at.UnixMilli()/60000, 36)
 	for range 100 {
+		a, b := v7At(t, at), v7At(t, at.Add(59*time.Second+999*time.Millisecond))
+		if got, want := s.slot(a), "p:t:{"+minute+"}"; got != want || s.slot(b) != want {
+			t.Fatalf("buckets of %s, %s = %q, %q, want %q", a, b, got, s.slot(b), want)
+		}
+		if next := s.slot(v7At(t, at.Add(time.Minute))); next == s.slot(a) {
+			t.Fatalf("the next minute's id shares the hash %q", next)
+		}
 		id := uuid.New()
-		if got, want := s.key(id), "p:id:{"+id.String()+"}"; got != want {
-			t.Fatalf("key = %q, want %q", got, want)
+		if got, want := s.slot(id), "p:k:{"+id.String()+"}"; got != want {
+			t.Fatalf("bucket of a random id = %q, want %q", got, want)
+		}
+		if key, field := IDStoreSlot("p:", id); key != s.slot(id) || field != "" {
+			t.Fatalf("IDStoreSlot of a random id = %q, %q, want its own key", key, field)
+		}
+		if key, field := IDStoreSlot("p:", a); key != s.slot(a) || field != string(a[:]) {
+			t.Fatalf("IDStoreSlot of a v7 id = %q, %q, want its hash and bytes", key, field)
 		}
 	}
+	v1, err := uuid.NewUUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, _ := v1.Time().UnixTime()
+	if got, want := s.slot(v1), "p:t:{"+strconv.FormatInt(sec/60, 36)+"}"; got != want {
+		t.Errorf("bucket of a v1 id = %q, want %q", got, want)
+	}
+	if got := floorDiv(-1, 60000); got != -1 {
+		t.Errorf("floorDiv(-1, 60000) = %d, want -1 (times before 1970)", got)
+	}
+}
+
+// TestIDStoreExpiry checks the hashes' expiry on a real Redis: an id is
+// kept at least the id TTL after its last write whatever its own time (an
+// id of a phone whose clock is a year behind is not dropped at once), and
+// a write never shortens a hash's expiry.
+func TestIDStoreExpiry(t *testing.T) {
+	client := redis.NewClient(&redis.Options{Addr: devtest.Redis(t).Addr()})
+	t.Cleanup(func() { _ = client.Close() })
+	ctx := testCtx(t, 30*time.Second)
+	s := newIDStore(client, "expiry:"+newID(t)+":", time.Hour, time.Minute)
+	yearAgo := time.Now().AddDate(-1, 0, 0)
+	old, other := v7At(t, yearAgo), v7At(t, yearAgo) // one hash
+	if _, err := s.claim(ctx, "a", []uuid.UUID{old}, []string{"s"}); err != nil {
+		t.Fatal(err)
+	}
+	if ttl, err := client.PTTL(ctx, s.slot(old)).Result(); err != nil || ttl < 59*time.Minute || ttl > 61*time.Minute {
+		t.Errorf("a year-old id's hash expires in %v (%v), want the id TTL", ttl, err)
+	}
+	// An instance whose clock is a day ahead writes first; then one on
+	// time writes to the same hash: the later expiry stays.
+	ahead := newIDStore(client, s.prefix, time.Hour, time.Minute)
+	ahead.now = func() time.Time { return time.Now().Add(24 * time.Hour) }
+	if err := ahead.ack(ctx, []uuid.UUID{old}, []string{"s"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.claim(ctx, "b", []uuid.UUID{other}, []string{"t"}); err != nil {
+		t.Fatal(err)
+	}
+	if ttl, err := client.PTTL(ctx, s.slot(old)).Result(); err != nil || ttl < 24*time.Hour {
+		t.Errorf("hash expires in %v (%v) after a write on time, want the day-ahead expiry kept", ttl, err)
+	}
+}
+
+// v7At returns a version 7 id made at time at: its first 48 bits are at
+// in Unix milliseconds, the rest random.
+func v7At(t testing.TB, at time.Time) uuid.UUID {
+	t.Helper()
+	id, err := uuid.NewV7()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := uint64(at.UnixMilli())
+	for i := range 6 {
+		id[i] = byte(ms >> (40 - 8*i))
+	}
+	return id
 }
 
 // TestIDStoreAckOnShutdown checks that the shared store's ack, which

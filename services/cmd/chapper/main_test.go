@@ -21,6 +21,7 @@ import (
 	canvassv1 "github.com/chapper/chapper/proto/canvass/v1"
 	"github.com/chapper/chapper/services/devstack"
 	"github.com/chapper/chapper/services/devstack/devtest"
+	"github.com/chapper/chapper/services/ingest"
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
@@ -310,13 +311,13 @@ func TestDev(t *testing.T) {
 	// the id store keeps the id on the second redis-server, kept for it,
 	// and the timeline's redis-server holds none
 	id := resp.GetResults()[0].GetId()
-	idKey := "ingest:id:{" + id + "}"
-	for label, want := range map[string]int64{"Redis (ids)": 1, "Redis": 0} {
+	idKey, idField := ingest.IDStoreSlot("ingest:", uuid.MustParse(id))
+	for label, want := range map[string]bool{"Redis (ids)": true, "Redis": false} {
 		rdb := redis.NewClient(&redis.Options{Addr: dev.Endpoints[label]})
-		n, err := rdb.Exists(ctx, idKey).Result()
+		held, err := rdb.HExists(ctx, idKey, idField).Result()
 		_ = rdb.Close()
-		if err != nil || n != want {
-			t.Errorf("EXISTS %s on %s (%s) = %d, %v; want %d", idKey, label, dev.Endpoints[label], n, err, want)
+		if err != nil || held != want {
+			t.Errorf("HEXISTS %s on %s (%s) = %v, %v; want %v", idKey, label, dev.Endpoints[label], held, err, want)
 		}
 	}
 	// the timeline target materialises it and the query target reads it back
