@@ -17,3 +17,11 @@ func StartSearchOnly(cfg StackConfig) error {
 	err := s.StartSearch()
 	return errors.Join(err, s.StopSearch())
 }
+
+// SearchMetricsAddr is where the running search child serves its own
+// /metrics.
+func (s *Stack) SearchMetricsAddr() string {
+	s.searchMu.Lock()
+	defer s.searchMu.Unlock()
+	return s.searchMetricsAddr
+}

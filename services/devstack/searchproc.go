@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -66,6 +67,12 @@ type SearchChildConfig struct {
 	// default Prometheus registry) for the parent to gather; "" serves
 	// none. Not the search address: there /metrics would be an index.
 	MetricsAddr string
+	// GCPercent and MemoryLimit set the Go garbage collector of the
+	// process serving the search server (ServeSearch); the defaults are
+	// search.GCPercent and search.MemoryLimit, 0 leaves each as the
+	// runtime has it (GOGC, GOMEMLIMIT).
+	GCPercent   int
+	MemoryLimit int64
 }
 
 // RegisterFlags registers search.Config's flags and metrics-addr under
@@ -73,6 +80,8 @@ type SearchChildConfig struct {
 func (c *SearchChildConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	c.Config.RegisterFlags(prefix, fs)
 	fs.StringVar(&c.MetricsAddr, prefix+".metrics-addr", "", "Listen address of the search server's Prometheus /metrics, for the parent `chapper dev` to gather; empty serves none.")
+	fs.IntVar(&c.GCPercent, prefix+".gc-percent", search.GCPercent, "Go GC target percentage of the search server's process (GOGC; fewer collections while indexing); 0 keeps the runtime's.")
+	fs.Int64Var(&c.MemoryLimit, prefix+".memory-limit", search.MemoryLimit, "Soft memory limit of the search server's process in bytes (GOMEMLIMIT), which makes the GC collect sooner as the heap nears it; 0 keeps the runtime's.")
 }
 
 // ServeSearch opens the search server's data and serves it, and its
@@ -80,6 +89,12 @@ func (c *SearchChildConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 // search child. The metrics listen before the search server does, so a
 // child that answers on its search address serves its metrics too.
 func ServeSearch(ctx context.Context, cfg SearchChildConfig) error {
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	srv, err := search.New(cfg.Config)
 	if err != nil {
 		return err

@@ -17,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/chapper/chapper/services/devstack"
 )
@@ -81,6 +83,12 @@ func TestSearchChild(t *testing.T) {
 		t.Errorf("gathered with the child running: no chapper_searchserver_request_seconds in %v", m)
 	}
 	restarts := m["chapper_dev_search_restarts_total"]
+	// the child's own Go runtime runs with the search server's GC settings
+	child := scrape(ctx, t, "http://"+s.SearchMetricsAddr()+"/metrics")
+	if child["go_gc_gogc_percent"] != 400 || child["go_gc_gomemlimit_bytes"] != 1<<30 {
+		t.Errorf("search child's GOGC %v and GOMEMLIMIT %v, want 400 and 1 GiB (-search-server.gc-percent, -search-server.memory-limit)",
+			child["go_gc_gogc_percent"], child["go_gc_gomemlimit_bytes"])
+	}
 
 	// SIGKILL: the stack sees it die, and its supervisor brings it back by
 	// itself on the same address with its data
@@ -196,6 +204,34 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// scrape reads the unlabelled samples of a Prometheus text page.
+func scrape(ctx context.Context, t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", url, err)
+	}
+	out := map[string]float64{}
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			if len(m.GetLabel()) == 0 {
+				out[name] = m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return out
 }
 
 // checkNice checks field 19 (nice) of /proc/<pid>/stat and of every

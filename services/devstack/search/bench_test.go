@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -153,6 +154,9 @@ func BenchmarkBulkIndexing(b *testing.B) {
 	const chunk = 10_000
 	d := genBenchData(benchDocs)
 	all := baselineDocs(b, d)
+	// the GC as the search child runs it (both sides share this process)
+	defer debug.SetGCPercent(debug.SetGCPercent(GCPercent))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(MemoryLimit))
 	for range b.N {
 		s := startServer(b, b.TempDir())
 		callJSON(b, http.MethodPut, s.URL()+"/_index_template/canvass", `{"index_patterns":["canvass-*"],"template":{"mappings":`+canvassMapping+`}}`, 200)
