@@ -21,6 +21,24 @@ var devDefaults = map[string]string{
 	"grpc.cors-origins": devCORSOrigins,
 }
 
+// setDevDefaults gives fs's flags dev mode's defaults: devDefaults and
+// each built target's own.
+func setDevDefaults(fs *flag.FlagSet) error {
+	for name, v := range devDefaults {
+		if err := setDefault(fs, name, v); err != nil {
+			return err
+		}
+	}
+	for _, n := range builtTargets() {
+		for name, v := range targets[n].dev {
+			if err := setDefault(fs, name, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // runDev is `chapper dev`: the embedded stack (Kafka, Postgres, Redis, search; data
 // under -dev.dir) and every target, plaintext, authentication off unless -auth. It
 // prints the endpoints once the gRPC port is open and stops everything on
@@ -37,17 +55,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var tlsOn auth.Switch
 	fs.Var(&tlsOn, "tls", "TLS on the gRPC port: on or off (a bare -tls means on), with a local self-signed certificate kept under <dev.dir>/tls/ unless -grpc.tls-cert is given.")
 	setups := registerTargetFlags(fs)
-	for name, v := range devDefaults {
-		if err := setDefault(fs, name, v); err != nil {
-			return err
-		}
-	}
-	for _, n := range builtTargets() {
-		for name, v := range targets[n].dev {
-			if err := setDefault(fs, name, v); err != nil {
-				return err
-			}
-		}
+	if err := setDevDefaults(fs); err != nil {
+		return err
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err

@@ -64,6 +64,8 @@ func TestFlagEnv(t *testing.T) {
 		{name: "dev default", dev: true, flag: "ingest.topic-replication-factor", want: "1"},
 		{name: "env beats dev default", dev: true, env: map[string]string{"CHAPPER_INGEST_TOPIC_REPLICATION_FACTOR": "3"}, flag: "ingest.topic-replication-factor", want: "3"},
 		{name: "dev grpc address", dev: true, flag: "grpc.addr", want: "127.0.0.1:7070"},
+		{name: "search batches", flag: "search.batch-size", want: "500"},
+		{name: "dev search batches", dev: true, flag: "search.batch-size", want: "2000"},
 		{name: "flag beats dev default", dev: true, args: []string{"-admin.addr=:9999"}, flag: "admin.addr", want: ":9999"},
 	}
 	for _, tc := range tests {
@@ -76,15 +78,8 @@ func TestFlagEnv(t *testing.T) {
 			c.register(fs, "")
 			registerTargetFlags(fs)
 			if tc.dev {
-				for name, v := range devDefaults {
-					if err := setDefault(fs, name, v); err != nil {
-						t.Fatal(err)
-					}
-				}
-				for name, v := range targets["ingest"].dev {
-					if err := setDefault(fs, name, v); err != nil {
-						t.Fatal(err)
-					}
+				if err := setDevDefaults(fs); err != nil {
+					t.Fatal(err)
 				}
 			}
 			if err := parseFlags(fs, tc.args); err != nil {
