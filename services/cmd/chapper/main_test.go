@@ -66,6 +66,8 @@ func TestFlagEnv(t *testing.T) {
 		{name: "dev grpc address", dev: true, flag: "grpc.addr", want: "127.0.0.1:7070"},
 		{name: "search batches", flag: "search.batch-size", want: "500"},
 		{name: "dev search batches", dev: true, flag: "search.batch-size", want: "2000"},
+		{name: "producer linger", flag: "ingest.kafka-batch-timeout", want: "1ms"},
+		{name: "dev producer linger", dev: true, flag: "ingest.kafka-batch-timeout", want: "5ms"},
 		{name: "flag beats dev default", dev: true, args: []string{"-admin.addr=:9999"}, flag: "admin.addr", want: ":9999"},
 	}
 	for _, tc := range tests {
