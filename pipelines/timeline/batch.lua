@@ -30,13 +30,24 @@
 -- of what it wrote. A skipped record changed nothing (its id, if claimed,
 -- says only where it is to count), so once the key is repaired the retried
 -- batch counts it once. A key's type is proven by the reads an op makes
--- anyway (SISMEMBER, HEXISTS, HLEN, ZCARD, HMGET answer WRONGTYPE on a key
--- of another type), and by TYPE only for a key no read touched before the
--- op's first write, so that a locality with one or two records in the call
--- costs few commands more than the records themselves. The one exception
--- is a plain op (a new record to count, correcting nothing): its records
--- hash is proven by its own HSET, right after the SADD, and a failing
--- HSET is undone by an SREM, so that the op still changes nothing.
+-- anyway (SMISMEMBER, SISMEMBER, HEXISTS, HLEN, ZCARD, HMGET answer
+-- WRONGTYPE on a key of another type), and by TYPE only for a key no read
+-- touched before the op's first write, so that a locality with one or two
+-- records in the call costs few commands more than the records
+-- themselves.
+--
+-- Plain ops (a new record to count, correcting nothing), the common case,
+-- write together: each waits, after its reads, until the locality's next
+-- op that is not plain or the end of the call, and then all waiting ops of
+-- the locality are written with one HSET of their bodies (which proves
+-- the records hash: if it fails, none of them wrote anything), one SADD,
+-- one ZADD and at most one trim. Which ids are new is read for all of a
+-- locality's ops with one SMISMEMBER. The news is sent at the end of the
+-- call, in op order; Redis runs the call as one, so no reader sees the
+-- difference. An op that is not plain and counts a record without marking
+-- one (a correction of itself, or of a record replaced already) proves its
+-- records hash by its own HSET, right after the SADD, and a failing HSET
+-- is undone by an SREM, so that the op still changes nothing.
 --
 -- TTLs: a locality's five keys get their TTL (PEXPIRE) at the end of a
 -- call that wrote there when +14 asks for it, and each key the call may
@@ -57,7 +68,25 @@ local want = {'set', 'zset', 'hash', 'hash', 'hash'}
 -- keys' TTLs are to be set (refresh, fresh)
 local broken, proven, touched, good, card, delta = {}, {}, {}, {}, {}, {}
 local base, big, rpAll, refresh, fresh = {}, {}, {}, {}, {}
+-- per locality: the ids of its ops (idsOf), the ids in its seen set as
+-- one SMISMEMBER read them, with those this call added (seenIn), and the
+-- plain ops whose writes wait for flush (pending); the news of the call,
+-- sent at its end in op order (news: channel, message; false once
+-- cancelled)
+local idsOf, seenIn, pending, news = {}, {}, {}, {}
 local first, counted = nil, 0
+for o = 3, #ARGV, 15 do
+  local id = ARGV[o + 2]
+  if id ~= '' then
+    local k = tonumber(ARGV[o])
+    local ids = idsOf[k]
+    if not ids then
+      ids = {}
+      idsOf[k] = ids
+    end
+    ids[#ids + 1] = id
+  end
+end
 
 -- badKey is the error of KEYS[k + i] holding another type; it stops every
 -- later op of locality k.
@@ -194,6 +223,94 @@ local function claim(key, loc, field)
   return claimID(key, ttl, loc, field)
 end
 
+-- isNew answers whether id is new to locality k's seen set. The first
+-- op of k there reads, with one SMISMEMBER, which of the ids of k's ops
+-- the set holds (proving its type); the ops then note what they add.
+local function isNew(k, id)
+  local s = seenIn[k]
+  if not s then
+    local ids = idsOf[k]
+    local r, err = read(k, 0, 'SMISMEMBER', KEYS[k], unpack(ids))
+    if err then return nil, err end
+    s = {}
+    for i, v in ipairs(r) do
+      if v == 1 then s[ids[i]] = true end
+    end
+    seenIn[k] = s
+  end
+  return not s[id]
+end
+
+-- publish queues news, sent at the end of the call in op order; it
+-- returns the news' place, for flush to cancel.
+local function publish(channel, message)
+  if channel == '' then return nil end
+  news[#news + 1] = {channel, message}
+  return #news
+end
+
+-- flush writes the pending plain ops of locality k, all new records to
+-- count: one HSET of their bodies (its first write, proving the records
+-- hash: if it fails nothing was written and the ops are skipped whole),
+-- one SADD, one ZADD and one trim for all of them. The timeline keeps the
+-- newest keep by score whether its records are added one by one, each
+-- followed by a trim, or all at once and trimmed once.
+local function flush(k)
+  local p = pending[k]
+  if not p then return nil end
+  pending[k] = nil
+  local seen, tl, rec = KEYS[k], KEYS[k + 1], KEYS[k + 3]
+  local bodies, ids, scored = {}, {}, {}
+  for i, o in ipairs(p) do
+    local id = ARGV[o.at + 2]
+    bodies[2 * i - 1], bodies[2 * i] = id, ARGV[o.at + 4]
+    ids[i] = id
+    scored[2 * i - 1], scored[2 * i] = ARGV[o.at + 3], id
+  end
+  local r = redis.pcall('HSET', rec, unpack(bodies))
+  if type(r) == 'table' and r.err then
+    for _, o in ipairs(p) do
+      seenIn[k][ARGV[o.at + 2]] = nil
+      if o.news then news[o.news] = false end
+    end
+    if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
+      return badKey(k, 3)
+    end
+    return r
+  end
+  proven[k][3] = true
+  touched[k] = true
+  redis.call('SADD', seen, unpack(ids))
+  if card[k] == 0 then
+    -- the timeline and the records hash are created here, and the seen
+    -- set if the locality is new (the counters are noted when a field
+    -- is new, the replaced hash when it is written)
+    created(k, 0)
+    created(k, 1)
+    created(k, 3)
+  end
+  local n = card[k] + redis.call('ZADD', tl, unpack(scored))
+  if n > keep then
+    -- The oldest by record time go, with their bodies; a late record
+    -- older than everything kept is trimmed straight away but stays
+    -- counted.
+    local old = redis.call('ZPOPMIN', tl, n - keep)
+    for i = 1, #old, 1000 do
+      local gone = {}
+      for j = i, math.min(i + 999, #old), 2 do gone[#gone + 1] = old[j] end
+      redis.call('HDEL', rec, unpack(gone))
+    end
+    n = keep
+  end
+  card[k] = n
+  for _, o in ipairs(p) do
+    add(k, ARGV[o.at + 7], 1)
+    add(k, ARGV[o.at + 8], 1)
+  end
+  counted = counted + #p
+  return nil
+end
+
 -- apply is record.lua for one op. Its reads come first and prove the
 -- types of the keys they touch; SADD, the op's first write, says whether
 -- the id is new.
@@ -222,6 +339,15 @@ local function apply(o)
   -- for an id new to the seen set the id record's answer is the whole
   -- answer and the replaced hash need not be read.
   local mayCount = id ~= '' and wasReplaced ~= '1'
+  -- A plain op (a record to count, correcting nothing) waits in pending
+  -- for its locality's flush; any other op reads and writes what the ops
+  -- before it wrote, so they are flushed first.
+  local plain = mayCount and replaces == ''
+  if not plain then
+    err = flush(k)
+    if err then return err end
+    if broken[k] then return broken[k] end
+  end
   local mark, uncount = false, false
   if replaces ~= '' and replaces ~= id then
     local r
@@ -246,14 +372,35 @@ local function apply(o)
     err = badCounters(k, ct, kind, ARGV[o + 13])
     if err then return err end
   end
+  if plain then
+    -- its writes (the seen set, the records hash, the timeline, the
+    -- counters) wait for flush; the seen set, the timeline and the
+    -- counters are proven by the reads above, the records hash by
+    -- flush's HSET
+    local new
+    new, err = isNew(k, id)
+    if err then return err end
+    if not new then return nil end
+    seenIn[k][id] = true
+    local p = pending[k]
+    if not p then
+      p = {}
+      pending[k] = p
+    end
+    local channel, at = ARGV[o + 5], nil
+    if channel ~= '' then at = publish(channel, ARGV[o + 6] .. ARGV[o + 4]) end
+    p[#p + 1] = {at = o, news = at}
+    return nil
+  end
   if id == '' and not mark then
     return nil
   end
-  -- A plain op writes the seen set (SADD), the records hash (proven by
-  -- its HSET, undone if it fails), the timeline and the counters (proven
-  -- by the ZCARD and HMGET above): no TYPE.
-  local plain = mayCount and not mark
-  if not plain then
+  -- Any other op proves its keys' types before its first write (the
+  -- seen set's is its SADD), except one that counts a record and marks
+  -- nothing (its correction is of itself or of a record replaced
+  -- already): its records hash is proven by its HSET, undone if it
+  -- fails.
+  if not (mayCount and not mark) then
     err = ready(k)
     if err then return err end
   end
@@ -264,6 +411,7 @@ local function apply(o)
     r, err = read(k, 0, 'SADD', seen, id)
     if err then return err end
     new = r == 1
+    if seenIn[k] then seenIn[k][id] = true end
     count = new and mayCount
   end
   if not (new or mark) then
@@ -296,6 +444,7 @@ local function apply(o)
     if type(r) == 'table' and r.err then
       -- the SADD above was this op's only write
       redis.call('SREM', seen, id)
+      if seenIn[k] then seenIn[k][id] = nil end
       if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
         return badKey(k, 3)
       end
@@ -331,14 +480,24 @@ local function apply(o)
   -- News once: for a counted record, and for a correction that took a
   -- record off this locality's timeline (readers take a fresh snapshot).
   local channel = ARGV[o + 5]
-  if channel ~= '' and (count or uncount) then
-    redis.call('PUBLISH', channel, ARGV[o + 6] .. ARGV[o + 4])
+  if count or uncount then
+    publish(channel, ARGV[o + 6] .. ARGV[o + 4])
   end
   return nil
 end
 
 for o = 3, #ARGV, 15 do
   local err = apply(o)
+  if err and not first then
+    first = err
+  end
+end
+-- the plain ops still pending, by locality in key order
+local ks = {}
+for k in pairs(pending) do ks[#ks + 1] = k end
+table.sort(ks)
+for _, k in ipairs(ks) do
+  local err = flush(k)
   if err and not first then
     first = err
   end
@@ -383,6 +542,11 @@ for k in pairs(touched) do
     if refresh[k] or f == true or (f and f[i]) then
       redis.call('PEXPIRE', KEYS[k + i], ttl)
     end
+  end
+end
+for _, n in ipairs(news) do
+  if n then
+    redis.call('PUBLISH', n[1], n[2])
   end
 end
 if first then

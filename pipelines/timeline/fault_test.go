@@ -3,8 +3,12 @@ package timeline_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/chapper/chapper/pipelines/runtime"
 	"github.com/chapper/chapper/pipelines/timeline"
@@ -219,5 +223,63 @@ func TestBrokenIDRecordIsFatal(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// The records of a locality waiting for their common write all fail with
+// a broken records hash, also when a correction behind them in the batch
+// has them written first: nothing of theirs is written (no seen id, no
+// count, no news), the other locality's records are, and after the repair
+// every record counts once.
+func TestBrokenRecordsKeySkipsTheWaitingRecords(t *testing.T) {
+	e := newEnv(t, timeline.Config{})
+	key := timeline.RecordsKey(e.prefix, edLocality)
+	must(t, e.client.SAdd(ctxT(t), key, "a").Err())
+	news := collectNews(t, e.client, e.prefix)
+	orig := intention("Yes", t0)
+	var msgs []proto.Message
+	for i := range 3 {
+		msgs = append(msgs, visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0.Add(time.Duration(i)*time.Second)))
+	}
+	other := visit(canvassv1.Outcome_OUTCOME_ANSWERED, t0)
+	other.Location = at(edLat+0.01, edLon)
+	msgs = append(msgs, other, orig, corrects(orig, "No"))
+	batch := recs(t, msgs...)
+
+	err := e.sink.Write(ctxT(t), batch)
+	var fatal *runtime.FatalError
+	if !errors.As(err, &fatal) || !strings.Contains(err.Error(), key) {
+		t.Fatalf("Write = %v, want fatal naming %s", err, key)
+	}
+	// (the records hash is still a set: state cannot read it)
+	ctx := ctxT(t)
+	seen, err := e.client.SCard(ctx, timeline.SeenKey(e.prefix, edLocality)).Result()
+	must(t, err)
+	tl, err := e.client.ZCard(ctx, timeline.TimelineKey(e.prefix, edLocality)).Result()
+	must(t, err)
+	ct, err := e.client.HLen(ctx, timeline.CountersKey(e.prefix, edLocality)).Result()
+	must(t, err)
+	if seen != 0 || tl != 0 || ct != 0 {
+		t.Errorf("the broken locality holds %d seen ids, %d timeline entries, %d counters; want none", seen, tl, ct)
+	}
+	loc, err := locality.Of(edLat+0.01, edLon)
+	must(t, err)
+	if st := e.state(t, int64(loc)); st.counters["visits"] != 1 || len(st.timeline) != 1 {
+		t.Errorf("the good locality holds counters %v and %d timeline entries, want its visit counted", st.counters, len(st.timeline))
+	}
+	if got, n := news.settle(t); n != 1 {
+		t.Errorf("news %v (%d messages), want only the good locality's visit", got, n)
+	}
+
+	must(t, e.client.Del(ctxT(t), key).Err())
+	e.write(t, batch)
+	e.write(t, batch)
+	st := e.state(t, edLocality)
+	want := map[string]int64{"visits": 3, "visits:answered": 3, "intentions": 1, "intentions:No": 1}
+	if !maps.Equal(st.counters, want) {
+		t.Errorf("counters after repair = %v, want %v", st.counters, want)
+	}
+	if len(st.timeline) != 4 || len(st.records) != 4 {
+		t.Errorf("after repair: timeline %d, records %d entries; want 4 each", len(st.timeline), len(st.records))
 	}
 }
