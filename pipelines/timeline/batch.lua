@@ -249,38 +249,13 @@ local function publish(channel, message)
   return #news
 end
 
--- flush writes the pending plain ops of locality k, all new records to
--- count: one HSET of their bodies (its first write, proving the records
--- hash: if it fails nothing was written and the ops are skipped whole),
--- one SADD, one ZADD and one trim for all of them. The timeline keeps the
--- newest keep by score whether its records are added one by one, each
--- followed by a trim, or all at once and trimmed once.
-local function flush(k)
-  local p = pending[k]
-  if not p then return nil end
-  pending[k] = nil
-  local seen, tl, rec = KEYS[k], KEYS[k + 1], KEYS[k + 3]
-  local bodies, ids, scored = {}, {}, {}
-  for i, o in ipairs(p) do
-    local id = ARGV[o.at + 2]
-    bodies[2 * i - 1], bodies[2 * i] = id, ARGV[o.at + 4]
-    ids[i] = id
-    scored[2 * i - 1], scored[2 * i] = ARGV[o.at + 3], id
-  end
-  local r = redis.pcall('HSET', rec, unpack(bodies))
-  if type(r) == 'table' and r.err then
-    for _, o in ipairs(p) do
-      seenIn[k][ARGV[o.at + 2]] = nil
-      if o.news then news[o.news] = false end
-    end
-    if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
-      return badKey(k, 3)
-    end
-    return r
-  end
-  proven[k][3] = true
-  touched[k] = true
-  redis.call('SADD', seen, unpack(ids))
+-- addToTimeline adds records (score, id, ...) of locality k, whose
+-- bodies are in its records hash, to its timeline, and trims it to the
+-- newest keep by record time. The timeline keeps the same records whether
+-- they are added one by one, each followed by a trim, or all at once and
+-- trimmed once.
+local function addToTimeline(k, ...)
+  local tl, rec = KEYS[k + 1], KEYS[k + 3]
   if card[k] == 0 then
     -- the timeline and the records hash are created here, and the seen
     -- set if the locality is new (the counters are noted when a field
@@ -289,7 +264,7 @@ local function flush(k)
     created(k, 1)
     created(k, 3)
   end
-  local n = card[k] + redis.call('ZADD', tl, unpack(scored))
+  local n = card[k] + redis.call('ZADD', tl, ...)
   if n > keep then
     -- The oldest by record time go, with their bodies; a late record
     -- older than everything kept is trimmed straight away but stays
@@ -303,6 +278,50 @@ local function flush(k)
     n = keep
   end
   card[k] = n
+end
+
+-- writeBodies stores bodies (id, body, ...) in locality k's records hash;
+-- as its first write there it proves the hash's type, and on a key of
+-- another type it writes nothing and answers the broken-key error.
+local function writeBodies(k, ...)
+  local r = redis.pcall('HSET', KEYS[k + 3], ...)
+  if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
+      return badKey(k, 3)
+    end
+    return r
+  end
+  proven[k][3] = true
+  return nil
+end
+
+-- flush writes the pending plain ops of locality k, all new records to
+-- count: one HSET of their bodies (its first write, proving the records
+-- hash: if it fails nothing was written and the ops are skipped whole),
+-- one SADD, one ZADD and at most one trim for all of them.
+local function flush(k)
+  local p = pending[k]
+  if not p then return nil end
+  pending[k] = nil
+  local seen = KEYS[k]
+  local bodies, ids, scored = {}, {}, {}
+  for i, o in ipairs(p) do
+    local id = ARGV[o.at + 2]
+    bodies[2 * i - 1], bodies[2 * i] = id, ARGV[o.at + 4]
+    ids[i] = id
+    scored[2 * i - 1], scored[2 * i] = ARGV[o.at + 3], id
+  end
+  local err = writeBodies(k, unpack(bodies))
+  if err then
+    for _, o in ipairs(p) do
+      seenIn[k][ARGV[o.at + 2]] = nil
+      if o.news then news[o.news] = false end
+    end
+    return err
+  end
+  touched[k] = true
+  redis.call('SADD', seen, unpack(ids))
+  addToTimeline(k, unpack(scored))
   for _, o in ipairs(p) do
     add(k, ARGV[o.at + 7], 1)
     add(k, ARGV[o.at + 8], 1)
@@ -440,41 +459,16 @@ local function apply(o)
   end
   if count then
     -- the records hash's first write here proves its type (plain ops)
-    local r = redis.pcall('HSET', rec, id, ARGV[o + 4])
-    if type(r) == 'table' and r.err then
+    err = writeBodies(k, id, ARGV[o + 4])
+    if err then
       -- the SADD above was this op's only write
       redis.call('SREM', seen, id)
       if seenIn[k] then seenIn[k][id] = nil end
-      if string.sub(r.err, 1, 9) == 'WRONGTYPE' then
-        return badKey(k, 3)
-      end
-      return r
+      return err
     end
-    proven[k][3] = true
     add(k, kind, 1)
     add(k, detail, 1)
-    if card[k] == 0 then
-      -- the timeline and the records hash are created here, and the seen
-      -- set if the locality is new (the counters are noted when a field
-      -- is new, the replaced hash when it is written)
-      created(k, 0)
-      created(k, 1)
-      created(k, 3)
-    end
-    local n = card[k] + redis.call('ZADD', tl, ARGV[o + 3], id)
-    if n > keep then
-      -- The oldest by record time go, with their bodies; a late record
-      -- older than everything kept is trimmed straight away but stays
-      -- counted.
-      local old = redis.call('ZPOPMIN', tl, n - keep)
-      for i = 1, #old, 1000 do
-        local ids = {}
-        for j = i, math.min(i + 999, #old), 2 do ids[#ids + 1] = old[j] end
-        redis.call('HDEL', rec, unpack(ids))
-      end
-      n = keep
-    end
-    card[k] = n
+    addToTimeline(k, ARGV[o + 3], id)
     counted = counted + 1
   end
   -- News once: for a counted record, and for a correction that took a
