@@ -241,11 +241,13 @@ local function isNew(k, id)
   return not s[id]
 end
 
--- publish queues news, sent at the end of the call in op order; it
--- returns the news' place, for flush to cancel.
-local function publish(channel, message)
+-- publish queues op o's news (its TimelineEntry) on its channel, sent at
+-- the end of the call in op order; it returns the news' place, for flush
+-- to cancel, or nil if the op publishes nothing.
+local function publish(o)
+  local channel = ARGV[o + 5]
   if channel == '' then return nil end
-  news[#news + 1] = {channel, message}
+  news[#news + 1] = {channel, ARGV[o + 6] .. ARGV[o + 4]}
   return #news
 end
 
@@ -365,7 +367,6 @@ local function apply(o)
   if not plain then
     err = flush(k)
     if err then return err end
-    if broken[k] then return broken[k] end
   end
   local mark, uncount = false, false
   if replaces ~= '' and replaces ~= id then
@@ -406,9 +407,7 @@ local function apply(o)
       p = {}
       pending[k] = p
     end
-    local channel, at = ARGV[o + 5], nil
-    if channel ~= '' then at = publish(channel, ARGV[o + 6] .. ARGV[o + 4]) end
-    p[#p + 1] = {at = o, news = at}
+    p[#p + 1] = {at = o, news = publish(o)}
     return nil
   end
   if id == '' and not mark then
@@ -458,7 +457,8 @@ local function apply(o)
     redis.call('HDEL', rec, replaces)
   end
   if count then
-    -- the records hash's first write here proves its type (plain ops)
+    -- the records hash's first write here proves its type (an op that
+    -- counts and marks nothing, see above)
     err = writeBodies(k, id, ARGV[o + 4])
     if err then
       -- the SADD above was this op's only write
@@ -473,9 +473,8 @@ local function apply(o)
   end
   -- News once: for a counted record, and for a correction that took a
   -- record off this locality's timeline (readers take a fresh snapshot).
-  local channel = ARGV[o + 5]
   if count or uncount then
-    publish(channel, ARGV[o + 6] .. ARGV[o + 4])
+    publish(o)
   end
   return nil
 end
