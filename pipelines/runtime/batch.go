@@ -99,22 +99,29 @@ type decoded struct {
 // everything). It touches no store, so the live consumer runs it for the
 // next batch while the sink writes the one before.
 func (h *batchHandler) decode(msgs []kafka.Message, filter func(Record) bool) decoded {
-	d := decoded{msgs: msgs, records: make([]Record, 0, len(msgs))}
+	d := decoded{msgs: make([]kafka.Message, 0, len(msgs)), records: make([]Record, 0, len(msgs))}
 	for _, m := range msgs {
-		rec := recordOf(m)
-		msg, err := topic.Decode(m.Topic, m.Value)
-		if err != nil {
-			d.dead = append(d.dead, Failure{Record: rec, Reason: err})
-			continue
-		}
-		rec.Message = msg
-		if filter != nil && !filter(rec) {
-			d.skipped++
-			continue
-		}
-		d.records = append(d.records, rec)
+		d.add(m, filter)
 	}
 	return d
+}
+
+// add decodes m onto d: a record, a dead letter, or skipped when filter
+// (nil keeps everything) rejects it.
+func (d *decoded) add(m kafka.Message, filter func(Record) bool) {
+	d.msgs = append(d.msgs, m)
+	rec := recordOf(m)
+	msg, err := topic.Decode(m.Topic, m.Value)
+	if err != nil {
+		d.dead = append(d.dead, Failure{Record: rec, Reason: err})
+		return
+	}
+	rec.Message = msg
+	if filter != nil && !filter(rec) {
+		d.skipped++
+		return
+	}
+	d.records = append(d.records, rec)
 }
 
 // process decodes msgs (see decode) and writes them (see write).

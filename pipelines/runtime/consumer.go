@@ -254,9 +254,12 @@ func (c *Consumer) consume(ctx, gctx context.Context, gen *kafka.Generation) err
 }
 
 // gather hands the live consumer's batches to out, decoded, until ctx is
-// done or the write loop ended (writing closed); it closes out. The batch
-// nextLiveBatch returns when ctx is done is still handed over, so a write
-// loop waiting for it writes it.
+// done or the write loop ended (writing closed); it closes out. While the
+// write loop is still busy with the batch before, the batch waiting to be
+// handed over keeps taking the messages that arrive, up to the batch
+// size: a record that arrives meanwhile goes out with the next write, not
+// the one after it. The batch in hand when ctx is done is still handed
+// over, so a write loop waiting for it writes it.
 func (c *Consumer) gather(ctx context.Context, in <-chan kafka.Message, out chan<- decoded, writing <-chan struct{}) {
 	defer close(out)
 	for {
@@ -264,10 +267,26 @@ func (c *Consumer) gather(ctx context.Context, in <-chan kafka.Message, out chan
 		if len(msgs) == 0 {
 			return
 		}
-		select {
-		case out <- c.h.decode(msgs, nil):
-		case <-writing:
-			return
+		d := c.h.decode(msgs, nil)
+		more, done := in, ctx.Done()
+		for handed := false; !handed; {
+			if len(d.msgs) >= c.cfg.BatchSize {
+				more = nil
+			}
+			select {
+			case out <- d:
+				handed = true
+			case m, ok := <-more:
+				if !ok {
+					more = nil
+					continue
+				}
+				d.add(m, nil)
+			case <-done:
+				more, done = nil, nil
+			case <-writing:
+				return
+			}
 		}
 		if ctx.Err() != nil {
 			return
