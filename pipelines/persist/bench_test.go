@@ -387,6 +387,21 @@ func benchBare(b *testing.B, pg *devstack.Postgres, batches [][]runtime.Record, 
 	return float64(offered) / elapsed.Seconds()
 }
 
+// copyValues returns r's values in the order of copyColumns[r.kind], for
+// pgx's CopyFrom (the raw baseline) and the alternatives.
+func copyValues(r row) []any {
+	v := []any{r.shard, r.id, int64(r.loc), r.loc.Chunk(), r.loc.Region(), r.lat, r.lon, r.canvasser,
+		r.received, r.partition, r.offset, r.replaces, r.at}
+	switch r.kind {
+	case topic.KindVisits:
+		return append(v, r.a, r.b, r.c)
+	case topic.KindIntentions:
+		return append(v, r.visitID, r.a, r.b)
+	default:
+		return append(v, r.visitID, r.a, r.b, r.c)
+	}
+}
+
 // copyValuesByKind gives rows' COPY values by kind.
 func copyValuesByKind(rows []row) map[topic.Kind][][]any {
 	out := map[topic.Kind][][]any{}
@@ -488,4 +503,18 @@ func benchNaive(b *testing.B, pg *devstack.Postgres, recs []proto.Message) float
 		}
 	}
 	return float64(len(rows)) / time.Since(start).Seconds()
+}
+
+// registerEnums lets pgx encode the enum columns (outcome, method) for
+// the raw baseline's binary CopyFrom; it runs on every new connection of
+// the benchmark's own pools (the sink encodes its COPY itself).
+func registerEnums(ctx context.Context, conn *pgx.Conn) error {
+	for _, name := range []string{"visit_outcome", "followup_method"} {
+		t, err := conn.LoadType(ctx, name)
+		if err != nil {
+			return fmt.Errorf("loading enum type %s: %w", name, err)
+		}
+		conn.TypeMap().RegisterType(t)
+	}
+	return nil
 }

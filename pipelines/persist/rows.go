@@ -276,7 +276,7 @@ func queueInserts(b *pgx.Batch, rows []row, done func(k topic.Kind, n, inserted 
 }
 
 // copyColumns are the columns the optimistic binary COPY writes per table,
-// in the order of copyValues.
+// in the order of appendCopyRow.
 var copyColumns = map[topic.Kind][]string{
 	topic.KindVisits: {"shard", "id", "locality", "chunk", "region", "latitude", "longitude", "canvasser_id",
 		"received_at", "kafka_partition", "kafka_offset", "replaces_id", "visited_at", "dwelling_id", "address", "outcome"},
@@ -286,34 +286,23 @@ var copyColumns = map[topic.Kind][]string{
 		"received_at", "kafka_partition", "kafka_offset", "replaces_id", "recorded_at", "visit_id", "elector_id", "issue", "method"},
 }
 
-// copyValues returns r's values in the order of copyColumns[r.kind].
-func copyValues(r row) []any {
-	v := []any{r.shard, r.id, int64(r.loc), r.loc.Chunk(), r.loc.Region(), r.lat, r.lon, r.canvasser,
-		r.received, r.partition, r.offset, r.replaces, r.at}
-	switch r.kind {
-	case topic.KindVisits:
-		return append(v, r.a, r.b, r.c)
-	case topic.KindIntentions:
-		return append(v, r.visitID, r.a, r.b)
-	default:
-		return append(v, r.visitID, r.a, r.b, r.c)
-	}
-}
-
-// byKind splits rows by kind, each kind's rows in primary key order
-// (shard, id): two writers inserting overlapping rows into one database
-// then meet them in the same order, so one waits for the other instead of
-// both waiting for each other (a deadlock Postgres would break by failing
-// one of them).
+// byKind sorts rows in place by kind, each kind's rows in primary key
+// order (shard, id), and returns each kind's run of them (no copies): two
+// writers inserting overlapping rows into one database then meet them in
+// the same order, so one waits for the other instead of both waiting for
+// each other (a deadlock Postgres would break by failing one of them).
 func byKind(rows []row) map[topic.Kind][]row {
-	out := map[topic.Kind][]row{}
-	for _, r := range rows {
-		out[r.kind] = append(out[r.kind], r)
-	}
-	for _, rs := range out {
-		slices.SortFunc(rs, func(a, b row) int {
-			return cmp.Or(cmp.Compare(a.shard, b.shard), bytes.Compare(a.id.Bytes[:], b.id.Bytes[:]))
-		})
+	slices.SortFunc(rows, func(a, b row) int {
+		return cmp.Or(cmp.Compare(a.kind, b.kind), cmp.Compare(a.shard, b.shard), bytes.Compare(a.id.Bytes[:], b.id.Bytes[:]))
+	})
+	out := make(map[topic.Kind][]row, len(topic.Kinds))
+	for start := 0; start < len(rows); {
+		end := start + 1
+		for end < len(rows) && rows[end].kind == rows[start].kind {
+			end++
+		}
+		out[rows[start].kind] = rows[start:end:end]
+		start = end
 	}
 	return out
 }
@@ -331,27 +320,15 @@ func copyRows(ctx context.Context, tx pgx.Tx, rows []row) ([]count, error) {
 		if len(rs) == 0 {
 			continue
 		}
-		vals := make([][]any, len(rs))
-		for i, r := range rs {
-			vals[i] = copyValues(r)
+		buf := append(make([]byte, 0, 256*len(rs)), copyHeader...)
+		for _, r := range rs {
+			buf = appendCopyRow(buf, r)
 		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{string(k)}, copyColumns[k], pgx.CopyFromRows(vals)); err != nil {
+		buf = append(buf, copyTrailer...)
+		if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(buf), copySQL[k]); err != nil {
 			return nil, fmt.Errorf("copying %d rows into %s: %w", len(rs), k, err)
 		}
 		counts = append(counts, count{k, len(rs), len(rs)})
 	}
 	return counts, nil
-}
-
-// registerEnums lets pgx encode the enum columns (outcome, method) for
-// binary COPY; it runs on every new connection to a shard database.
-func registerEnums(ctx context.Context, conn *pgx.Conn) error {
-	for _, name := range []string{"visit_outcome", "followup_method"} {
-		t, err := conn.LoadType(ctx, name)
-		if err != nil {
-			return fmt.Errorf("loading enum type %s: %w", name, err)
-		}
-		conn.TypeMap().RegisterType(t)
-	}
-	return nil
 }

@@ -172,7 +172,6 @@ func (s *Sink) pool(d shardmap.Database) (*pgxpool.Pool, error) {
 	}
 	cfg.MaxConns = int32(s.cfg.PoolSize)
 	cfg.ConnConfig.ConnectTimeout = connectTimeout
-	cfg.AfterConnect = registerEnums
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to shard database %s: %w", d.Name, err)
@@ -230,7 +229,14 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		}
 	}
 
-	groups := map[string][]row{}
+	sizes := map[string]int{}
+	for _, r := range rows {
+		sizes[m.Shards[r.shard]]++
+	}
+	groups := make(map[string][]row, len(sizes))
+	for db, n := range sizes {
+		groups[db] = make([]row, 0, n)
+	}
 	var corrections []row
 	for _, r := range rows {
 		db := m.Shards[r.shard]
