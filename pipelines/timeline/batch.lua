@@ -5,7 +5,14 @@
 --       counters hash, records hash, replaced hash; all of one locality,
 --       sharing its hash tag), and on a standalone Redis the id records of
 --       the records whose ids the call claims itself.
--- ARGV: 1 ttl (ms), 2 keep (newest N), then 15 fields per op:
+--       On a standalone Redis, after them, the two prefix control keys
+--       (active, rebuild) when ARGV[3] asks for their check.
+-- ARGV: 1 ttl (ms), 2 keep (newest N), 3 the place in KEYS of the active
+--       prefix key (the rebuild key follows it), 0 for no check; 4 and 5
+--       what the active and rebuild keys hold if the prefixes did not
+--       change since the sink read them ('=' .. value, '' if absent):
+--       otherwise the call writes nothing and answers CHAPPER_STALE_PREFIXES;
+--       then 15 fields per op:
 --   +0 k: KEYS[k] .. KEYS[k+4] are the op's locality keys
 --   +1 locality number (the id record's l)
 --   +2 record id ('' when the op only marks +11 replaced here)
@@ -58,6 +65,17 @@
 -- hand deletion, until the sink's next refresh of the locality (TTL/100 at
 -- most) or restart.
 local ttl, keep = ARGV[1], tonumber(ARGV[2])
+local check = tonumber(ARGV[3])
+if check > 0 then
+  local function raw(key)
+    local v = redis.call('GET', key)
+    if v then return '=' .. v end
+    return ''
+  end
+  if raw(KEYS[check]) ~= ARGV[4] or raw(KEYS[check + 1]) ~= ARGV[5] then
+    return redis.error_reply('CHAPPER_STALE_PREFIXES the timeline prefixes changed since the sink read them')
+  end
+end
 local want = {'set', 'zset', 'hash', 'hash', 'hash'}
 -- per locality (by k): the first error found (broken), the keys proven to
 -- be of their type (proven[k][i] for KEYS[k + i]), keys written, counter
@@ -75,7 +93,7 @@ local base, big, rpAll, refresh, fresh = {}, {}, {}, {}, {}
 -- cancelled)
 local idsOf, seenIn, pending, news = {}, {}, {}, {}
 local first, counted = nil, 0
-for o = 3, #ARGV, 15 do
+for o = 6, #ARGV, 15 do
   local id = ARGV[o + 2]
   if id ~= '' then
     local k = tonumber(ARGV[o])
@@ -479,7 +497,7 @@ local function apply(o)
   return nil
 end
 
-for o = 3, #ARGV, 15 do
+for o = 6, #ARGV, 15 do
   local err = apply(o)
   if err and not first then
     first = err

@@ -66,11 +66,34 @@ type Prefixes struct {
 
 // ReadPrefixes reads the prefixes in force under base in one round trip.
 func ReadPrefixes(ctx context.Context, client redis.UniversalClient, base string) (Prefixes, error) {
+	p, _, err := readPrefixes(ctx, client, base)
+	return p, err
+}
+
+// prefixCheck is what a batch call finds in the prefix control keys when
+// they still hold what the sink read (batch.lua checks it before its
+// first write): each key's value after "=", or "" for a key that is
+// absent.
+type prefixCheck struct {
+	base            string
+	active, rebuild string
+}
+
+// rawValue is a control key's value as prefixCheck holds it.
+func rawValue(cmd *redis.StringCmd) string {
+	if v, err := cmd.Result(); err == nil {
+		return "=" + v
+	}
+	return ""
+}
+
+// readPrefixes is ReadPrefixes, also returning what it read as a check.
+func readPrefixes(ctx context.Context, client redis.UniversalClient, base string) (Prefixes, *prefixCheck, error) {
 	pipe := client.Pipeline()
 	active := pipe.Get(ctx, ActivePrefixKey(base))
 	rebuild := pipe.Get(ctx, RebuildPrefixKey(base))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Prefixes{}, fmt.Errorf("reading the timeline prefix keys under %q: %w", base, err)
+		return Prefixes{}, nil, fmt.Errorf("reading the timeline prefix keys under %q: %w", base, err)
 	}
 	p := Prefixes{Active: base}
 	if v, err := active.Result(); err == nil {
@@ -81,10 +104,10 @@ func ReadPrefixes(ctx context.Context, client redis.UniversalClient, base string
 	}
 	for _, v := range []string{p.Active, p.Rebuild} {
 		if err := checkPrefix(v); err != nil {
-			return Prefixes{}, fmt.Errorf("reading the timeline prefix keys under %q: %w", base, err)
+			return Prefixes{}, nil, fmt.Errorf("reading the timeline prefix keys under %q: %w", base, err)
 		}
 	}
-	return p, nil
+	return p, &prefixCheck{base: base, active: rawValue(active), rebuild: rawValue(rebuild)}, nil
 }
 
 func checkPrefix(p string) error {

@@ -67,6 +67,12 @@ type Sink struct {
 	ttl     string
 	ttls    ttlNotes
 
+	// known is the targets read last, with the check every batch call
+	// makes (standalone only; nil until read, or after a call found them
+	// changed)
+	knownMu sync.Mutex
+	known   []target
+
 	// legacy takes the per-record path (legacy.go), for the benchmark only.
 	legacy    bool
 	record    *redis.Script
@@ -166,11 +172,7 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 		recs = append(recs, p)
 	}
 	if len(recs) > 0 {
-		targets, err := s.targets(ctx)
-		if err != nil {
-			return err
-		}
-		if err := s.write(ctx, targets, recs); err != nil {
+		if err := s.writeAll(ctx, recs); err != nil {
 			return err
 		}
 	}
@@ -180,10 +182,46 @@ func (s *Sink) Write(ctx context.Context, batch []runtime.Record) error {
 	return nil
 }
 
+// staleAttempts bounds how many times one Write reads the prefixes again
+// after its calls found them changed (a rebuild started or switched
+// meanwhile).
+const staleAttempts = 3
+
+// errStalePrefixes: a batch call found the prefix control keys changed
+// since the sink read them, and wrote nothing.
+var errStalePrefixes = errors.New("the timeline prefixes changed since they were read")
+
+// writeAll writes recs under the prefixes in force. On a standalone Redis
+// the sink keeps the prefixes it read, and each batch call checks them
+// before its first write (batch.lua), so a batch costs no round trip to
+// read them; when they changed, that call wrote nothing and the batch is
+// written again under the prefixes read anew (the calls that did write
+// are replays then, and change nothing). Elsewhere (Redis Cluster, where
+// the control keys sit in slots of their own, and the benchmark's
+// per-record path) they are read at the start of every batch.
+func (s *Sink) writeAll(ctx context.Context, recs []prepared) error {
+	for attempt := 1; ; attempt++ {
+		targets, err := s.targets(ctx)
+		if err != nil {
+			return err
+		}
+		err = s.write(ctx, targets, recs)
+		if !errors.Is(err, errStalePrefixes) || attempt == staleAttempts {
+			return err
+		}
+		s.knownMu.Lock()
+		s.known = nil
+		s.knownMu.Unlock()
+	}
+}
+
 // target is one key prefix a batch is written under.
 type target struct {
 	prefix  string
 	publish bool
+	// check, when not nil, is what the batch calls find in the prefix
+	// control keys if the prefixes did not change since they were read
+	check *prefixCheck
 }
 
 // targets returns the prefixes of this batch: the active one (which gets
@@ -192,16 +230,33 @@ func (s *Sink) targets(ctx context.Context) ([]target, error) {
 	if s.fixed {
 		return []target{{prefix: s.prefix}}, nil
 	}
-	p, err := ReadPrefixes(ctx, s.client, s.prefix)
+	checked := !s.cluster && !s.legacy
+	if checked {
+		s.knownMu.Lock()
+		known := s.known
+		s.knownMu.Unlock()
+		if known != nil {
+			return known, nil
+		}
+	}
+	p, check, err := readPrefixes(ctx, s.client, s.prefix)
 	if err != nil {
 		if errors.Is(err, ErrPrefix) {
 			return nil, runtime.Fatal(err)
 		}
 		return nil, err
 	}
-	t := []target{{prefix: p.Active, publish: true}}
+	if !checked {
+		check = nil
+	}
+	t := []target{{prefix: p.Active, publish: true, check: check}}
 	if p.Rebuild != "" {
-		t = append(t, target{prefix: p.Rebuild})
+		t = append(t, target{prefix: p.Rebuild, check: check})
+	}
+	if checked {
+		s.knownMu.Lock()
+		s.known = t
+		s.knownMu.Unlock()
 	}
 	return t, nil
 }
@@ -438,9 +493,9 @@ func (s *Sink) appendBatchCalls(calls []call, t target, ops []op, due *ttlRound)
 
 // batchCall builds one batch script call; see batch.lua.
 func (s *Sink) batchCall(t target, ops []op, due *ttlRound) call {
-	keys := make([]string, 0, 5+len(ops))
-	args := make([]any, 0, 2+15*len(ops))
-	args = append(args, s.ttl, s.keep)
+	keys := make([]string, 0, 7+len(ops))
+	args := make([]any, 0, 5+15*len(ops))
+	args = append(args, s.ttl, s.keep, 0, "", "")
 	first := map[int64]int{}
 	refresh := map[int64]string{}
 	for _, o := range ops {
@@ -459,6 +514,10 @@ func (s *Sink) batchCall(t target, ops []op, due *ttlRound) call {
 		args = append(args, k, o.loc, o.id, o.r.score, o.r.body, s.channel(t, o.loc), o.r.entry,
 			o.r.kind, o.r.detail, idk, bit(o.wasReplaced), o.r.replaces, bit(o.replacedHere), o.replacedField,
 			refresh[o.loc])
+	}
+	if c := t.check; c != nil {
+		keys = append(keys, ActivePrefixKey(c.base), RebuildPrefixKey(c.base))
+		args[2], args[3], args[4] = len(keys)-1, c.active, c.rebuild
 	}
 	return call{keys: keys, args: args}
 }
@@ -589,12 +648,15 @@ func (s *Sink) pipeline(ctx context.Context, script *redis.Script, calls []call)
 	// first, so that run knows to reload; then a broken key, which no
 	// retry can repair.
 	var fatal error
+	stale := false
 	for i, cmd := range cmds {
 		cerr := cmd.Err()
 		switch {
 		case cerr == nil:
 		case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
 			return nil, fmt.Errorf("writing %d records to redis timelines: %w", len(calls), cerr)
+		case redis.HasErrorPrefix(cerr, "CHAPPER_STALE_PREFIXES"):
+			stale = true
 		case fatal == nil && isBrokenKey(cerr):
 			// the error names the broken key; a batch call's first key
 			// is only where its keys start
@@ -603,6 +665,9 @@ func (s *Sink) pipeline(ctx context.Context, script *redis.Script, calls []call)
 	}
 	if fatal != nil {
 		return nil, fatal
+	}
+	if stale {
+		return nil, errStalePrefixes
 	}
 	return nil, fmt.Errorf("writing %d records to redis timelines: %w", len(calls), err)
 }
