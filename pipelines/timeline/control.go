@@ -18,9 +18,11 @@ import (
 //	B + "chapper:timeline:rebuild"  a prefix a replay is filling
 //	                                (absent: none)
 //
-// The live sink reads both at the start of every batch and, while a
-// rebuild is set, writes each batch under the active prefix and under the
-// rebuild prefix (news only on the active prefix's channels). The query
+// The live sink reads both at the start of every batch (on a standalone
+// Redis: once, and again after a batch call found them changed, since
+// every call checks them before it writes; see Sink.writeAll) and, while
+// a rebuild is set, writes each batch under the active prefix and under
+// the rebuild prefix (news only on the active prefix's channels). The query
 // service reads under the active prefix and follows a switch without a
 // restart; SwitchPrefix publishes on B + "chapper:timeline:switch" so that
 // it follows at once rather than at its next poll. The control keys carry

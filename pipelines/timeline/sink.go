@@ -148,8 +148,9 @@ func (c *Config) validateSink() error {
 func (s *Sink) Name() string { return "timeline" }
 
 // Write materialises a batch in pipelined round trips (each split by slot
-// on a cluster): the prefix control keys (unless Config.Fixed), then on a
-// standalone Redis one script call per prefix for the whole batch (after a
+// on a cluster): the prefix control keys (unless Config.Fixed; on a
+// standalone Redis only when not known or changed, see writeAll), then on
+// a standalone Redis one script call per prefix for the whole batch (after a
 // round marking what its corrections replace, if it has any), on Redis
 // Cluster one id script call per record and then one script call per
 // locality and prefix. Records that cannot
