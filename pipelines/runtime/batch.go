@@ -99,7 +99,8 @@ type decoded struct {
 // everything). It touches no store, so the live consumer runs it for the
 // next batch while the sink writes the one before.
 func (h *batchHandler) decode(msgs []kafka.Message, filter func(Record) bool) decoded {
-	d := decoded{msgs: make([]kafka.Message, 0, len(msgs)), records: make([]Record, 0, len(msgs))}
+	// d.msgs takes msgs' array: add appends each message in its own place
+	d := decoded{msgs: msgs[:0], records: make([]Record, 0, len(msgs))}
 	for _, m := range msgs {
 		d.add(m, filter)
 	}
