@@ -1,17 +1,13 @@
 package devstack
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/chapper/chapper/services/devstack/search"
 )
@@ -21,9 +17,6 @@ const (
 	metricSearchRestarts  = "chapper_dev_search_restarts_total"
 	metricSearchMetricsUp = "chapper_dev_search_metrics_up"
 )
-
-// searchScrapeTimeout bounds one read of the search child's metrics.
-const searchScrapeTimeout = 2 * time.Second
 
 // searchStats are the stack's own metrics about its search child, in a
 // registry of the stack's (several stacks may share a test binary), and
@@ -50,7 +43,7 @@ func newSearchStats() *searchStats {
 			Help: "1 when the search child's metrics were read for this scrape, 0 when they are left out (the child is stopped, dead or did not answer).",
 		}),
 		// no idle connections: nothing outlives a read
-		client: &http.Client{Timeout: searchScrapeTimeout, Transport: &http.Transport{DisableKeepAlives: true}},
+		client: &http.Client{Timeout: childScrapeTimeout, Transport: &http.Transport{DisableKeepAlives: true}},
 	}
 	st.reg.MustRegister(st.restarts, st.up)
 	return st
@@ -109,30 +102,9 @@ func (s *Stack) gatherSearch() ([]*dto.MetricFamily, error) {
 
 // read returns the search server metrics the child serves on addr.
 func (st *searchStats) read(addr string) ([]*dto.MetricFamily, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), searchScrapeTimeout)
-	defer cancel()
-	url := "http://" + addr + "/metrics"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	fams, err := scrapeMetrics(st.client, "http://"+addr+"/metrics")
 	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "text/plain;version=0.0.4")
-	resp, err := st.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading the search server's metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("reading the search server's metrics: GET %s: %s", url, resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	byName, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("parsing the search server's metrics from %s: %w", url, err)
-	}
-	fams := make([]*dto.MetricFamily, 0, len(byName))
-	for _, f := range byName {
-		fams = append(fams, f)
+		return nil, fmt.Errorf("the search server's metrics: %w", err)
 	}
 	return keepFamilies(fams, true), nil
 }

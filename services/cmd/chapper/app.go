@@ -46,6 +46,9 @@ type app struct {
 	// Stack is the embedded stack in dev mode (Kafka, Postgres, Redis),
 	// nil under serve. Targets take their dev store addresses from it.
 	Stack *devstack.Stack
+	// pipelines is dev's pipelines child process (-dev.pipelines-process),
+	// nil when the pipelines run in this process.
+	pipelines *devstack.Child
 	// DataDir is the dev-mode data directory ("" under serve).
 	DataDir string
 

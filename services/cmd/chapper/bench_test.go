@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -49,18 +50,20 @@ func durPaced(b *testing.B) time.Duration {
 	return time.Minute
 }
 
-// durSearchProcess says whether `chapper dev` runs the search server as
-// its niced child process (-dev.search-process, the default) or inside
-// itself: CHAPPER_BENCH_SEARCH_PROCESS=false. The in-process run's figures
-// are named BenchmarkDurableDev/search-in-process-<figure>.
-func durSearchProcess(b *testing.B) bool {
-	v := os.Getenv("CHAPPER_BENCH_SEARCH_PROCESS")
+// durProcess says whether `chapper dev` runs a part as its niced child
+// process (the default) or inside itself: the environment variable env
+// (CHAPPER_BENCH_SEARCH_PROCESS for -dev.search-process,
+// CHAPPER_BENCH_PIPELINES_PROCESS for -dev.pipelines-process) set to
+// false. A run with a part inside dev names its figures
+// BenchmarkDurableDev/<part>-in-process-<figure>.
+func durProcess(b *testing.B, env string) bool {
+	v := os.Getenv(env)
 	if v == "" {
 		return true
 	}
 	on, err := strconv.ParseBool(v)
 	if err != nil {
-		b.Fatalf("CHAPPER_BENCH_SEARCH_PROCESS: %v", err)
+		b.Fatalf("%s: %v", env, err)
 	}
 	return on
 }
@@ -79,17 +82,28 @@ func durSearchProcess(b *testing.B) bool {
 func BenchmarkDurableDev(b *testing.B) {
 	chapperBin(b)
 	paced := durPaced(b)
-	searchProcess := durSearchProcess(b)
-	figure, mode := "BenchmarkDurableDev/", "search server in a child process at nice 10"
-	if !searchProcess {
-		figure, mode = "BenchmarkDurableDev/search-in-process-", "search server inside the dev process"
+	searchProcess := durProcess(b, "CHAPPER_BENCH_SEARCH_PROCESS")
+	pipelinesProcess := durProcess(b, "CHAPPER_BENCH_PIPELINES_PROCESS")
+	figure, mode := "BenchmarkDurableDev/", ""
+	for _, p := range []struct {
+		name  string
+		child bool
+	}{{"search", searchProcess}, {"pipelines", pipelinesProcess}} {
+		if p.child {
+			mode += p.name + " in a child process at nice 10; "
+		} else {
+			figure += p.name + "-in-process-"
+			mode += p.name + " inside the dev process; "
+		}
 	}
+	mode = strings.TrimSuffix(mode, "; ")
 	for range b.N {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		dir := filepath.Join(b.TempDir(), "var")
 		killOrphans(b, dir)
 		ports := newDevPorts(b)
-		dev := newProc(b, "chapper-dev", ports.args(dir, "-dev.search-process="+strconv.FormatBool(searchProcess))...)
+		dev := newProc(b, "chapper-dev", ports.args(dir, "-dev.search-process="+strconv.FormatBool(searchProcess),
+			"-dev.pipelines-process="+strconv.FormatBool(pipelinesProcess))...)
 		dev.Start(b)
 		waitReady(b, ctx, dev, ports.admin, 3*time.Minute)
 
@@ -133,14 +147,18 @@ func BenchmarkDurableDev(b *testing.B) {
 		rawPaced := int(paced.Seconds()/3) * durRate
 		_, rawLat := rawProduce(ctx, b, raw, rawMessages(b, rng, rawPaced/durBatch), time.Second*durBatch/durRate)
 		loadBefore := loadAverage()
-		// the dev process's own CPU (ingest, the pipelines, the broker and
-		// the search server, its child process included; not redis-server
-		// or Postgres) over the paced load and its drain, per record
-		searchPid := searchChildPid(b, dev, searchProcess)
-		devCPUNow := func() float64 {
-			cpu := procsCPU(b, []*proc{dev})
-			if searchPid != 0 {
-				cpu += pidCPU(b, "the search child", searchPid)
+		// the CPU of the dev process and its chapper children (ingest, the
+		// pipelines, the broker and the search server; not redis-server or
+		// Postgres) over the paced load and its drain, per record, and
+		// each process's share
+		children := devChildren(b, dev)
+		if (children["search"] != 0) != searchProcess || (children["pipelines"] != 0) != pipelinesProcess {
+			b.Fatalf("chapper dev's child processes are %v; want the search child %t, the pipelines child %t", children, searchProcess, pipelinesProcess)
+		}
+		devCPUNow := func() map[string]float64 {
+			cpu := map[string]float64{"dev": procsCPU(b, []*proc{dev})}
+			for name, pid := range children {
+				cpu[name] = pidCPU(b, name, pid)
 			}
 			return cpu
 		}
@@ -156,7 +174,14 @@ func BenchmarkDurableDev(b *testing.B) {
 		stopped := time.Now()
 		zero, ok := waitLagZero(ctx, ports.admin, durLagDeadline)
 		drained := zero.Sub(stopped)
-		devCPU := (devCPUNow() - cpuBefore) / float64(max(lat.Accepted, 1)) * 1e6
+		cpuAfter := devCPUNow()
+		var devCPU float64
+		var split []string
+		for _, name := range slices.Sorted(maps.Keys(cpuAfter)) {
+			us := (cpuAfter[name] - cpuBefore[name]) / float64(max(lat.Accepted, 1)) * 1e6
+			devCPU += us
+			split = append(split, fmt.Sprintf("%s %.0f", name, us))
+		}
 		if !ok {
 			b.Logf("the pipelines' lag was not 0 within %v of the load's end; reporting %v", durLagDeadline, drained)
 		}
@@ -166,8 +191,8 @@ func BenchmarkDurableDev(b *testing.B) {
 			b.Errorf("chapper dev did not stop cleanly: %v", err)
 		}
 
-		fmt.Printf("BenchmarkDurableDev (%s; busy shared 2-core machine: figures are noisy): throughput cold %v, sustained %v; at %d rec/s for %v: %v; load average %s before the paced phase, %s at the end\n",
-			mode, cold, res, durRate, paced, lat, loadBefore, loadAverage())
+		fmt.Printf("BenchmarkDurableDev (%s; busy shared 2-core machine: figures are noisy): throughput cold %v, sustained %v; at %d rec/s for %v: %v; load average %s before the paced phase, %s at the end; CPU µs per record by process: %s\n",
+			mode, cold, res, durRate, paced, lat, loadBefore, loadAverage(), strings.Join(split, ", "))
 		const rawName = "raw kafka-go produce, same broker, same batches"
 		devtest.ReportFigure(b, devtest.Figure{Name: figure + "submit-records-per-s", Value: res.PerSecond(), Unit: "records/s",
 			BaselineName: rawName, Baseline: rawRate, Target: ">=20000"})
@@ -187,31 +212,6 @@ func BenchmarkDurableDev(b *testing.B) {
 		b.ReportMetric(ms(pctD(rawLat, 99)), "raw-p99-ms")
 		b.ReportMetric(drained.Seconds(), "lag-zero-s")
 	}
-}
-
-// searchChildPid returns the pid of dev's search child process (the
-// chapper child running `chapper search-server`), 0 when searchProcess is
-// off.
-func searchChildPid(b *testing.B, dev *proc, searchProcess bool) int {
-	if !searchProcess {
-		return 0
-	}
-	dev.mu.Lock()
-	pid := dev.cmd.Process.Pid
-	dev.mu.Unlock()
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		data, _ := os.ReadFile(t)
-		for _, c := range strings.Fields(string(data)) {
-			cmdline, _ := os.ReadFile("/proc/" + c + "/cmdline")
-			if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && args[1] == "search-server" {
-				n, _ := strconv.Atoi(c)
-				return n
-			}
-		}
-	}
-	b.Fatalf("no search-server child of chapper dev (pid %d)", pid)
-	return 0
 }
 
 // loadAverage returns the machine's 1, 5 and 15 minute load averages as

@@ -54,6 +54,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	c.auth.RegisterFlags("auth", fs, false, "")
 	var tlsOn auth.Switch
 	fs.Var(&tlsOn, "tls", "TLS on the gRPC port: on or off (a bare -tls means on), with a local self-signed certificate kept under <dev.dir>/tls/ unless -grpc.tls-cert is given.")
+	var pipes devPipelines
+	pipes.register(fs)
 	setups := registerTargetFlags(fs)
 	if err := setDevDefaults(fs); err != nil {
 		return err
@@ -65,6 +67,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	here, childNames := pipes.split(names)
 	log, err := c.log.logger(stderr)
 	if err != nil {
 		return err
@@ -89,14 +92,32 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// a search child that died turns /readyz red until its supervisor has
 	// restarted it; its metrics join dev's /metrics
 	a.admin.AddCheck("search-server", stack.SearchReady)
-	a.admin.SetGatherer(stack.Gatherer(prometheus.DefaultGatherer))
+	gatherer := stack.Gatherer(prometheus.DefaultGatherer)
 	a.DataDir, _ = filepath.Abs(sc.Dir)
 	a.authDir, a.tlsCert = c.auth.KeysDir, c.grpc.TLSCert
 	// Dev mode talks to its own broker, whatever -kafka.brokers says.
 	a.Brokers = []string{stack.Kafka.Addr()}
+	if len(childNames) > 0 {
+		child, err := pipes.start(ctx, fs, &c, stack, a.DataDir, childNames, log)
+		if err != nil {
+			return errors.Join(fmt.Errorf("starting the pipelines process: %w", err), stack.Close())
+		}
+		for _, n := range childNames {
+			a.admin.AddCheck(n, func() error { return child.Ready(n) })
+		}
+		gatherer = child.Gatherer(gatherer, isSearchServerMetric)
+		a.pipelines = child
+	}
+	a.admin.SetGatherer(gatherer)
 
 	announce := func() { printEndpoints(stdout, a, names) }
-	runErr := a.run(ctx, names, setups, announce)
+	runErr := a.run(ctx, here, setups, announce)
+	if a.pipelines != nil {
+		// before the stack: the pipelines finish their batches and commit
+		if err := a.pipelines.Close(); err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+	}
 	if err := stack.Close(); err != nil {
 		return errors.Join(runErr, fmt.Errorf("stopping the embedded stack: %w", err))
 	}
@@ -133,6 +154,9 @@ func printEndpoints(w io.Writer, a *app, names []string) {
 		where = fmt.Sprintf("process %d, nice %d, log %s", pid, s.SearchNice(), s.SearchLog())
 	}
 	fmt.Fprintf(w, "  search           %s  (Elasticsearch API subset; aliases canvass-visits, canvass-intentions, canvass-followups; %s)\n", s.SearchURL(), where)
+	if a.pipelines != nil {
+		fmt.Fprintf(w, "  pipelines        process %d, nice %d, log %s\n", a.pipelines.Pid(), a.pipelines.Nice(), a.pipelines.LogPath())
+	}
 	if a.authOn {
 		fmt.Fprintf(w, "  auth             %s  (tokens: chapper token issue -canvasser=<id> -role=canvasser -auth.keys-dir=%s)\n", a.authDir, a.authDir)
 	}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chapper/chapper/services/devstack"
 )
 
 // The crash and fault tests run chapper as child processes: the binary is
@@ -251,4 +253,30 @@ func killOrphans(t testing.TB, dir string) {
 			}
 		}
 	})
+}
+
+// devChildren returns dev's chapper child processes by role: "search"
+// (`chapper search-server`) and "pipelines" (`chapper serve`), those that
+// run.
+func devChildren(t testing.TB, dev *proc) map[string]int {
+	roles := map[string]string{devstack.SearchServerCommand: "search", "serve": "pipelines"}
+	dev.mu.Lock()
+	pid := dev.cmd.Process.Pid
+	dev.mu.Unlock()
+	found := map[string]int{}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, task := range tasks {
+		data, _ := os.ReadFile(task)
+		for _, c := range strings.Fields(string(data)) {
+			cmdline, _ := os.ReadFile("/proc/" + c + "/cmdline")
+			if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && roles[args[1]] != "" {
+				n, err := strconv.Atoi(c)
+				if err != nil {
+					t.Fatalf("/proc children of pid %d: %q", pid, c)
+				}
+				found[roles[args[1]]] = n
+			}
+		}
+	}
+	return found
 }
