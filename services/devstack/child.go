@@ -158,21 +158,8 @@ func (c *Child) supervise(ctx context.Context) {
 		c.restarts.Inc()
 		c.log.Error("child process exited unexpectedly; restarting it", "pid", proc.pid(), "exit", proc.err,
 			"ran", ran.Round(time.Millisecond), "restart_in", delay, "log", c.cfg.LogPath, "log_tail", logTail(c.cfg.LogPath, 10))
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(delay):
-			}
-			err := c.start(ctx)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			delay = restartDelay(delay, 0)
-			c.log.Error("restarting the child process", "err", err, "retry_in", delay)
+		if !restartUntil(ctx, &delay, c.start, c.log, "the child process") {
+			return
 		}
 	}
 }

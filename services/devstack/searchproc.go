@@ -244,22 +244,31 @@ func (s *Stack) superviseSearch(ctx context.Context, done chan<- struct{}) {
 		s.searchStats.restarts.Inc()
 		s.log.Error("search server exited unexpectedly; restarting it", "pid", proc.pid(), "exit", proc.err,
 			"ran", ran.Round(time.Millisecond), "restart_in", delay, "log", s.SearchLog(), "log_tail", logTail(s.SearchLog(), 10))
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(delay):
-			}
-			err := s.restartSearch(ctx)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			delay = restartDelay(delay, 0)
-			s.log.Error("restarting the search server", "err", err, "retry_in", delay)
+		if !restartUntil(ctx, &delay, s.restartSearch, s.log, "the search server") {
+			return
 		}
+	}
+}
+
+// restartUntil calls start after *delay, and again after each failure
+// with restartDelay's growing wait (logged, naming what), until it
+// succeeds (true) or ctx ends (false).
+func restartUntil(ctx context.Context, delay *time.Duration, start func(context.Context) error, log *slog.Logger, what string) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(*delay):
+		}
+		err := start(ctx)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		*delay = restartDelay(*delay, 0)
+		log.Error("restarting "+what, "err", err, "retry_in", *delay)
 	}
 }
 

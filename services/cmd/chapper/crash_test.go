@@ -59,6 +59,20 @@ func (p devPorts) stores() stores {
 	}
 }
 
+// startCrashTest begins a crash test: a context ending after timeout, the
+// seed of its random moments (logged) and a generator on stream, a data
+// directory with no orphans left in it, and free ports.
+func startCrashTest(t *testing.T, timeout time.Duration, stream uint64) (context.Context, uint64, *rand.Rand, string, devPorts) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	dir := filepath.Join(t.TempDir(), "var")
+	killOrphans(t, dir)
+	return ctx, seed, rand.New(rand.NewPCG(seed, stream)), dir, newDevPorts(t)
+}
+
 // randomMoment returns a wait between min and max: when to kill.
 func randomMoment(rng *rand.Rand, min, max time.Duration) time.Duration {
 	return min + time.Duration(rng.Int64N(int64(max-min)))
@@ -84,14 +98,7 @@ func loadFor(ctx context.Context, t *testing.T, l *ledger, grpcAddr string) func
 func TestCrashDev(t *testing.T) {
 	chapperBin(t)
 	t.Parallel() // mostly waiting for processes: overlaps with the other crash and fault tests
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 1))
-	dir := filepath.Join(t.TempDir(), "var")
-	killOrphans(t, dir)
-	ports := newDevPorts(t)
+	ctx, seed, rng, dir, ports := startCrashTest(t, 6*time.Minute, 1)
 	dev := newProc(t, "chapper-dev", ports.args(dir)...)
 	l := newLedger(seed)
 	for round := range crashRounds {
@@ -123,14 +130,7 @@ func TestCrashDev(t *testing.T) {
 func TestCrashPipelines(t *testing.T) {
 	bin := chapperBin(t)
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 2))
-	dir := filepath.Join(t.TempDir(), "var")
-	killOrphans(t, dir)
-	ports := newDevPorts(t)
+	ctx, seed, rng, dir, ports := startCrashTest(t, 6*time.Minute, 2)
 	dev := newProc(t, "chapper-dev", ports.args(dir, "-target=ingest")...)
 	dev.Start(t)
 	waitReady(t, ctx, dev, ports.admin, 3*time.Minute)

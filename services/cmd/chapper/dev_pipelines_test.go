@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,14 +21,7 @@ import (
 func TestDevPipelinesChild(t *testing.T) {
 	chapperBin(t)
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 4))
-	dir := filepath.Join(t.TempDir(), "var")
-	killOrphans(t, dir)
-	ports := newDevPorts(t)
+	ctx, seed, rng, dir, ports := startCrashTest(t, 5*time.Minute, 4)
 	dev := newProc(t, "chapper-dev", ports.args(dir)...)
 	dev.Start(t)
 	waitReady(t, ctx, dev, ports.admin, 3*time.Minute)
