@@ -63,6 +63,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if err := pipes.validate(); err != nil {
+		return err
+	}
 	names, err := selectTargets(c.targets)
 	if err != nil {
 		return err

@@ -36,6 +36,14 @@ func (p *devPipelines) register(fs *flag.FlagSet) {
 	fs.IntVar(&p.nice, "dev.pipelines-nice", 10, "Nice value (0-19; higher yields the CPU more) of the pipelines' child process (-dev.pipelines-process).")
 }
 
+// validate refuses a nice value out of range while the child is on.
+func (p *devPipelines) validate() error {
+	if p.process && (p.nice < 0 || p.nice > 19) {
+		return fmt.Errorf("-dev.pipelines-nice must be 0 to 19 (raising priority needs privileges), got %d", p.nice)
+	}
+	return nil
+}
+
 // split returns the targets of names to run in this process and those for
 // the child.
 func (p *devPipelines) split(names []string) (here, child []string) {

@@ -120,6 +120,8 @@ func TestCommandErrors(t *testing.T) {
 		{name: "bad flag", args: []string{"serve", "-no-such-flag"}, want: "flag provided but not defined"},
 		{name: "bad env value", args: []string{"serve", "-target=ingest"}, want: `error setting flag "ingest.batch-limit" from environment variable "CHAPPER_INGEST_BATCH_LIMIT"`},
 		{name: "stray argument", args: []string{"serve", "-target=ingest", "extra"}, want: "unexpected arguments: extra"},
+		{name: "pipelines nice above 19", args: []string{"dev", "-dev.pipelines-nice=20"}, want: "-dev.pipelines-nice must be 0 to 19"},
+		{name: "negative pipelines nice", args: []string{"dev", "-dev.pipelines-nice=-1"}, want: "-dev.pipelines-nice must be 0 to 19"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
