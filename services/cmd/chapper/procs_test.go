@@ -235,7 +235,7 @@ func waitReady(t testing.TB, ctx context.Context, p *proc, adminAddr string, tim
 // them without a parent-death signal, to adopt them after a crash).
 func killOrphans(t testing.TB, dir string) {
 	t.Cleanup(func() {
-		for _, pf := range []string{filepath.Join(dir, "redis", "redis.pid"), filepath.Join(dir, "pg", "postmaster.pid")} {
+		for _, pf := range []string{filepath.Join(dir, "redis", "redis.pid"), filepath.Join(dir, "redis-ids", "redis.pid"), filepath.Join(dir, "pg", "postmaster.pid")} {
 			b, err := os.ReadFile(pf)
 			if err != nil {
 				continue
