@@ -102,7 +102,7 @@ func (p *devPipelines) start(ctx context.Context, fs *flag.FlagSet, c *common, s
 	return devstack.StartChild(ctx, devstack.ChildConfig{
 		Name: "pipelines", Argv: argv, AdminFlag: "-admin.addr",
 		Dir: dir, LogPath: filepath.Join(dir, pipelinesLog), Nice: p.nice,
-		// the drain timeouts (30 s by default) and a margin
+		// the pipelines' drain timeouts (10 s each by default) and a margin
 		StopTimeout: time.Minute, Logger: log,
 	})
 }
