@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	goruntime "runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -347,6 +348,8 @@ func BenchmarkFreshness(b *testing.B) {
 			run.e2e.p50, run.e2e.p99, run.e2e.max, run.e2e.rate, run.e2e.n, raw.p50, raw.p99)
 		fmt.Printf("freshness stages (p50/p99 ms): Submit acknowledged %.1f/%.1f; due → news published by the timeline pipeline %.1f/%.1f; news → WatchChunk (query service + gRPC) %.2f/%.2f\n",
 			run.ack.p50, run.ack.p99, run.news.p50, run.news.p99, run.query.p50, run.query.p99)
+		fmt.Printf("freshness and the collector: %.2f%% of records over 25 ms; %d GC cycles of this process (load generator, ingest, broker, timeline pipeline, query service and watchers) in the %.1f s from the first Submit to the last record watched\n",
+			run.over25, run.gcCycles, run.gcSpan.Seconds())
 		target := ""
 		if freshRate == freshTarget {
 			target = "<=25"
@@ -376,9 +379,15 @@ func summarise(tb testing.TB, d []time.Duration, elapsed time.Duration) latencie
 }
 
 // freshness is one run's latencies: due → watch (e2e), Submit call, due →
-// news seen by a plain subscriber, and news → watch.
+// news seen by a plain subscriber, and news → watch; and, since the tail
+// follows the collector of this one process (docs/benchmarks.md), its GC
+// cycles from the first Submit to the last record watched and the share
+// of records slower than the target.
 type freshness struct {
 	e2e, ack, news, query latencies
+	gcCycles              uint32
+	gcSpan                time.Duration
+	over25                float64 // percent of records, due → watch > 25 ms
 }
 
 // runFreshness offers freshRate records/s for freshDuration and measures
@@ -464,6 +473,8 @@ func runFreshness(tb testing.TB, st *stack, locs []locality.Index, watches []*wa
 	var submits sync.WaitGroup
 	sem := make(chan struct{}, 256)
 	acks := make([]time.Duration, batches)
+	var gc0, gc1 goruntime.MemStats
+	goruntime.ReadMemStats(&gc0)
 	start := time.Now()
 	recordTime := time.Now().Add(-time.Hour)
 	for i := range batches {
@@ -499,6 +510,8 @@ func runFreshness(tb testing.TB, st *stack, locs []locality.Index, watches []*wa
 		tb.Errorf("only %d of %d records reached a watch within 30s of the last Submit", watched, batches*freshBatch)
 		mu.Unlock()
 	}
+	goruntime.ReadMemStats(&gc1)
+	gcSpan := time.Since(start)
 	stop()
 
 	if freshTrace != "" {
@@ -514,21 +527,28 @@ func runFreshness(tb testing.TB, st *stack, locs []locality.Index, watches []*wa
 		}
 	}
 	var e2e, toNews, toWatch []time.Duration
+	slow := 0
 	for _, t := range seen {
 		if t.due.IsZero() || t.watch.IsZero() {
 			continue
 		}
 		e2e = append(e2e, t.watch.Sub(t.due))
+		if t.watch.Sub(t.due) > 25*time.Millisecond {
+			slow++
+		}
 		if !t.news.IsZero() {
 			toNews = append(toNews, t.news.Sub(t.due))
 			toWatch = append(toWatch, t.watch.Sub(t.news))
 		}
 	}
 	return freshness{
-		e2e:   summarise(tb, e2e, offered),
-		ack:   summarise(tb, acks, offered),
-		news:  summarise(tb, toNews, offered),
-		query: summarise(tb, toWatch, offered),
+		e2e:      summarise(tb, e2e, offered),
+		ack:      summarise(tb, acks, offered),
+		news:     summarise(tb, toNews, offered),
+		query:    summarise(tb, toWatch, offered),
+		gcCycles: gc1.NumGC - gc0.NumGC,
+		gcSpan:   gcSpan,
+		over25:   100 * float64(slow) / float64(max(len(e2e), 1)),
 	}
 }
 
