@@ -115,11 +115,14 @@ func (st *searchStats) read(addr string) ([]*dto.MetricFamily, error) {
 func keepFamilies(fams []*dto.MetricFamily, want bool) []*dto.MetricFamily {
 	kept := fams[:0]
 	for _, f := range fams {
-		if isSearchMetric(f.GetName()) == want {
+		if IsSearchMetric(f.GetName()) == want {
 			kept = append(kept, f)
 		}
 	}
 	return kept
 }
 
-func isSearchMetric(name string) bool { return strings.HasPrefix(name, search.MetricPrefix) }
+// IsSearchMetric reports whether a metric family is the embedded search
+// server's (search.MetricPrefix): live in its child process, idle copies
+// elsewhere.
+func IsSearchMetric(name string) bool { return strings.HasPrefix(name, search.MetricPrefix) }

@@ -108,7 +108,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		for _, n := range childNames {
 			a.admin.AddCheck(n, func() error { return child.Ready(n) })
 		}
-		gatherer = child.Gatherer(gatherer, isSearchServerMetric)
+		gatherer = child.Gatherer(gatherer, devstack.IsSearchMetric)
 		a.pipelines = child
 	}
 	a.admin.SetGatherer(gatherer)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/chapper/chapper/pipelines/persist/migrations"
 	"github.com/chapper/chapper/services/devstack"
-	"github.com/chapper/chapper/services/devstack/search"
 )
 
 // pipelineTargets are the targets `chapper dev` runs in its pipelines
@@ -106,7 +105,3 @@ func (p *devPipelines) start(ctx context.Context, fs *flag.FlagSet, c *common, s
 		StopTimeout: time.Minute, Logger: log,
 	})
 }
-
-// isSearchServerMetric reports whether a metric is the embedded search
-// server's: the pipelines child has them idle, the search child live.
-func isSearchServerMetric(name string) bool { return strings.HasPrefix(name, search.MetricPrefix) }
