@@ -258,8 +258,8 @@ func kindID(m proto.Message) (string, string) {
 	return "", ""
 }
 
-// scriptCalls counts the EVALSHA commands a client sends.
-type scriptCalls struct{ n atomic.Int64 }
+// scriptCalls counts the EVALSHA commands a client sends, and its SETs.
+type scriptCalls struct{ n, sets atomic.Int64 }
 
 func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
 
@@ -280,15 +280,20 @@ func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 }
 
 func (h *scriptCalls) count(cmd redis.Cmder) {
-	if cmd.Name() == "evalsha" || cmd.Name() == "eval" {
+	switch cmd.Name() {
+	case "evalsha", "eval":
 		h.n.Add(1)
+	case "set":
+		h.sets.Add(1)
 	}
 }
 
 // A batch costs one script call on a standalone Redis (plus one per
-// correction, marking what it replaces), and on Redis Cluster one per
-// record (its id record) plus one per locality; the per-record path made
-// two per record.
+// correction, marking what it replaces). On Redis Cluster it costs one per
+// locality, and its new ids are claimed with one plain SET each; the ids
+// SET finds taken (a redelivery), and every id of a batch with
+// corrections, take an id script call each (plus one per correction). The
+// per-record path made two per record.
 func TestBatchScriptCalls(t *testing.T) {
 	locs := clusterLocalities(t, 5)
 	var plain, corrected []proto.Message
@@ -309,12 +314,16 @@ func TestBatchScriptCalls(t *testing.T) {
 		cluster   bool
 		perRecord bool
 		batch     []proto.Message
-		want      int64 // script calls
+		again     bool  // written twice, counted once
+		want      int64 // script calls (of the last write)
+		sets      int64 // plain SETs (of the last write)
 		counted   int64
 	}{
 		{name: "standalone", batch: plain, want: 1, counted: 200},
 		{name: "standalone with corrections", batch: corrected, want: 1 + 3, counted: 3},
-		{name: "cluster", cluster: true, batch: plain, want: 200 + 5, counted: 200},
+		{name: "cluster", cluster: true, batch: plain, want: 5, sets: 200, counted: 200},
+		{name: "cluster redelivered", cluster: true, batch: plain, again: true, want: 200 + 5, sets: 200, counted: 200},
+		{name: "cluster with corrections", cluster: true, batch: corrected, want: 6 + 3 + 4, counted: 3},
 		{name: "per-record path", perRecord: true, batch: plain, want: 2 * 200, counted: 200},
 	}
 	for _, tt := range tests {
@@ -330,11 +339,17 @@ func TestBatchScriptCalls(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if tt.again {
+				e.write(t, recs(t, tt.batch...))
+			}
 			var h scriptCalls
 			e.client.AddHook(&h)
 			e.write(t, recs(t, tt.batch...))
 			if got := h.n.Load(); got != tt.want {
 				t.Errorf("script calls for %d records = %d, want %d", len(tt.batch), got, tt.want)
+			}
+			if got := h.sets.Load(); got != tt.sets {
+				t.Errorf("plain SETs for %d records = %d, want %d", len(tt.batch), got, tt.sets)
 			}
 			var total int64
 			for _, loc := range locs {
